@@ -1,0 +1,42 @@
+"Project-level checks: README in sync with nbs/index.ipynb, and CI running exactly the README's commands."
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_from_index() -> str:
+    "README.md as the markdown cells of nbs/index.ipynb (Quarto, which nbdev_readme needs, is not required)."
+    cells = json.loads((ROOT / "nbs" / "index.ipynb").read_text(encoding="utf-8"))["cells"]
+    return "\n\n".join("".join(c["source"]).strip() for c in cells if c["cell_type"] == "markdown") + "\n"
+
+
+def readme_commands() -> list[str]:
+    "The commands in the README's 'Set up and test' block."
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Set up and test.*?```sh\n(.*?)```", readme, re.S).group(1)
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_matches_index_notebook():
+    assert (ROOT / "README.md").read_text(encoding="utf-8") == readme_from_index(), \
+        "README.md differs from nbs/index.ipynb: run `python tests/test_project.py` to regenerate it"
+
+
+def test_ci_runs_the_two_readme_commands():
+    commands = readme_commands()
+    assert len(commands) == 2
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    for command in commands:
+        assert command in ci.splitlines(), f"{command!r} is not a line of .ci/run"
+
+
+def test_settings_keep_papermill_tags():
+    settings = (ROOT / "settings.ini").read_text(encoding="utf-8")
+    assert re.search(r"^allowed_cell_metadata_keys\s*=\s*tags", settings, re.M)
+
+
+if __name__ == "__main__":
+    (ROOT / "README.md").write_text(readme_from_index(), encoding="utf-8")
+    print("README.md regenerated from nbs/index.ipynb")
