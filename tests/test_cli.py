@@ -1,0 +1,86 @@
+"The `mllifecycle` command end to end: default run, a user's CSV, and one readable line on every failure."
+import json
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from conftest import artifact_files
+
+from mllifecycle.core import Run
+
+
+def mllifecycle(*args, cwd):
+    "Run the installed console script, as a user would."
+    return subprocess.run([shutil.which("mllifecycle"), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mllifecycle: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_run_with_no_arguments_prepares_the_flights_data(tmp_path):
+    result = mllifecycle("run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / result.stdout.strip().splitlines()[-1]
+    assert run_dir.parent == tmp_path / "runs"
+    run = Run(run_dir)
+    for name in ("train", "valid", "test", "stream"):
+        assert len(pd.read_parquet(run.artifact(f"data/{name}.parquet"))) > 0
+    schema = run.read_json("data/schema.json")
+    assert schema["target"] == "delayed" and schema["task"] == "classification"
+    assert run.read_json("features/pipeline.json")["format"] == "mllifecycle.FeaturePipeline/1"
+    assert (run_dir / "report" / "01_data.ipynb").exists()
+    assert json.loads((run_dir / "env.json").read_text())["seed"] == 0
+    assert json.loads((run_dir / "report" / "pipeline.json").read_text())["stages"][0]["status"] == "ok"
+
+
+def test_run_on_a_users_csv(tmp_path, synthetic_csv):
+    result = mllifecycle("run", "-p", "data_path", synthetic_csv.name, "-p", "target", "y", "--run-dir", "myrun",
+                         cwd=synthetic_csv.parent)
+    assert result.returncode == 0, result.stderr
+    run = Run(synthetic_csv.parent / "myrun")
+    splits = run.read_json("data/splits.json")
+    assert splits["method"] == "time" and splits["time_column"] == "timestamp"  # found the timestamp column
+    assert sum(splits["rows"].values()) == 3000
+    assert run.read_json("data/schema.json")["target"] == "y"
+
+
+def test_params_file_and_overrides(tmp_path, synthetic_csv):
+    (tmp_path / "params.yaml").write_text(f"data_path: {synthetic_csv}\ntarget: y\nsplit: time\n")
+    result = mllifecycle("run", "--params", "params.yaml", "-p", "split", "random", "--run-dir", "r", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Run(tmp_path / "r").read_json("data/splits.json")["method"] == "random"
+
+
+def test_failing_stage_is_one_line_and_leaves_no_artifacts(tmp_path, synthetic_csv):
+    result = mllifecycle("run", "-p", "data_path", str(synthetic_csv), "-p", "target", "label", "--run-dir", "bad",
+                         cwd=tmp_path)
+    assert_one_line_error(result, "stage 'data' failed", "DataError", "target column 'label' not found")
+    assert artifact_files(tmp_path / "bad") in ([], ["env.json", "params.json"])
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["-p", "data_path", "missing.csv", "-p", "target", "y"], ["data file not found", "missing.csv"]),
+    (["-p", "sample_rowz", "10"], ["unknown parameter(s) ['sample_rowz']"]),
+    (["--params", "nope.yaml"], ["parameter file not found"]),
+    (["--stages", "trian"], ["unknown stage(s) ['trian']"]),
+])
+def test_bad_command_lines(tmp_path, args, fragments):
+    assert_one_line_error(mllifecycle("run", *args, cwd=tmp_path), *fragments)
+
+
+def test_malformed_params_file(tmp_path):
+    (tmp_path / "p.json").write_text('{"sample_rows": 10,,}')
+    assert_one_line_error(mllifecycle("run", "--params", "p.json", cwd=tmp_path), "not valid JSON")
+
+
+def test_params_command_lists_stage_parameters(tmp_path):
+    result = mllifecycle("params", cwd=tmp_path)
+    assert result.returncode == 0 and "[data]" in result.stdout and "sample_rows = 30000" in result.stdout
