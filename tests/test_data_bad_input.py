@@ -61,6 +61,10 @@ CASES = {
     "sql without query": (lambda tmp, df: {"data_path": _sqlite(tmp, df), "target": "y"}, "needs sql_query"),
     "bad database url": (lambda tmp, df: {"data_path": "nosuchdialect://host/db", "sql_query": "t", "target": "y"},
                          "invalid database URL"),
+    "derived feature on a missing column": (lambda tmp, df: {"data_path": str(write(df, tmp / "d.csv")), "target": "y",
+                                                             "derived": {"r": "x / w"}}, "use columns the cleaned data lacks"),
+    "derived feature with code": (lambda tmp, df: {"data_path": str(write(df, tmp / "d.csv")), "target": "y",
+                                                   "derived": {"r": "open('x').read()"}}, "may only use column names"),
     "no target for user data": (lambda tmp, df: {"data_path": str(write(df, tmp / "d.csv"))}, "no target is given"),
 }
 
