@@ -106,7 +106,7 @@ def test_type_contradicting_the_schema(tmp_path, frame):
     schema_path = tmp_path / "run1" / "data" / "schema.json"
     bad = frame.astype({"x": object})
     bad.loc[3, "x"] = "seven"
-    with pytest.raises(DataError, match="column 'x' should be numeric but has 1 non-numeric value"):
+    with pytest.raises(DataError, match=r"column 'x' should be numeric but has 1 value\(s\) that are not, e.g. 'seven'"):
         prepare(tmp_path / "run2", data_path=str(write(bad, tmp_path / "bad.csv")), target="y",
                 schema_path=str(schema_path))
     assert_no_data_artifacts(tmp_path / "run2")
