@@ -27,7 +27,6 @@ def measure(path: str, repeats: int) -> dict:
     import psutil
 
     process = psutil.Process()
-    baseline = process.memory_info().rss
     import numpy as np
     import pandas as pd
     from sklearn.compose import ColumnTransformer
@@ -52,7 +51,6 @@ def measure(path: str, repeats: int) -> dict:
     def timed(fn):
         times, result = [], None
         for _ in range(repeats):
-            result = None
             start = time.perf_counter()
             result = fn()
             times.append(time.perf_counter() - start)
