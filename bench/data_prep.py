@@ -51,6 +51,7 @@ def measure(path: str, repeats: int) -> dict:
     def timed(fn):
         times, result = [], None
         for _ in range(repeats):
+            result = None  # free the previous repeat's output first: the peak is that of one pass, not two
             start = time.perf_counter()
             result = fn()
             times.append(time.perf_counter() - start)
