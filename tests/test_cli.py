@@ -38,6 +38,15 @@ def test_run_with_no_arguments_prepares_the_flights_data(tmp_path):
     assert run.read_json("features/pipeline.json")["format"] == "mllifecycle.FeaturePipeline/1"
     assert (run_dir / "report" / "01_data.ipynb").exists()
     assert json.loads((run_dir / "env.json").read_text())["seed"] == 0
+    # the training stage tuned, then trained the final model with the best trial's hyperparameters
+    best = run.read_json("tuning/best.json")
+    assert sum(best["trials"].values()) == 4 and best["trials"]["complete"] >= 1
+    config = run.read_json("models/mlp/config.json")
+    assert config["hyperparameters"]["lr"] == best["best_params"]["lr"]
+    assert config["metric"]["name"] == "auroc" and config["metric"]["valid"] > 0.65
+    for name in ("weights.safetensors", "history.json", "plots/learning_curves.png"):
+        run.artifact(f"models/mlp/{name}")
+    assert (run_dir / "report" / "02_train.ipynb").exists()
     assert json.loads((run_dir / "report" / "pipeline.json").read_text())["stages"][0]["status"] == "ok"
 
 
@@ -50,11 +59,13 @@ def test_run_on_a_users_csv(tmp_path, synthetic_csv):
     assert splits["method"] == "time" and splits["time_column"] == "timestamp"  # found the timestamp column
     assert sum(splits["rows"].values()) == 3000
     assert run.read_json("data/schema.json")["target"] == "y"
+    assert run.read_json("models/mlp/config.json")["kind"] == "binary"  # and trained a model on it
 
 
 def test_params_file_and_overrides(tmp_path, synthetic_csv):
     (tmp_path / "params.yaml").write_text(f"data_path: {synthetic_csv}\ntarget: y\nsplit: time\n")
-    result = mllifecycle("run", "--params", "params.yaml", "-p", "split", "random", "--run-dir", "r", cwd=tmp_path)
+    result = mllifecycle("run", "--params", "params.yaml", "-p", "split", "random", "--run-dir", "r",
+                         "--stages", "data", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert Run(tmp_path / "r").read_json("data/splits.json")["method"] == "random"
 
@@ -64,6 +75,14 @@ def test_failing_stage_is_one_line_and_leaves_no_artifacts(tmp_path, synthetic_c
                          cwd=tmp_path)
     assert_one_line_error(result, "stage 'data' failed", "DataError", "target column 'label' not found")
     assert artifact_files(tmp_path / "bad") in ([], ["env.json", "params.json"])
+
+
+def test_failing_training_stage_is_one_line_and_keeps_the_data(tmp_path):
+    result = mllifecycle("run", "-p", "lr", "-0.1", "-p", "sample_rows", "3000", "--run-dir", "r", cwd=tmp_path)
+    assert_one_line_error(result, "stage 'train' failed", "ParamError", "lr must be a finite number > 0")
+    run = Run(tmp_path / "r")
+    run.artifact("data/train.parquet")  # the data stage's artifacts are intact
+    assert not (tmp_path / "r" / "models").exists()
 
 
 @pytest.mark.parametrize("args, fragments", [
