@@ -1,6 +1,6 @@
 """Benchmark the training loop's throughput against the idiomatic DataLoader loop and the compute ceiling.
 
-    python bench/train_throughput.py [--rows 1000000] [--batch-sizes 256 1024 4096] [--threads N] [--device auto]
+    python bench/train_throughput.py [--rows 1000000] [--batch-sizes 256 1024 4096] [--threads N] [--rounds 5]
 
 On the same features (1 M synthetic rows: 24 numeric + 6 categorical columns) and the same model (the default
 `TrainConfig`: 2 × 128 units, batch norm, dropout, 8-dimensional embeddings), per batch size B:
@@ -12,15 +12,17 @@ On the same features (1 M synthetic rows: 24 numeric + 6 categorical columns) an
   excluded; the epoch's shuffle and gather included).
 
 The training step is the same in (a) and (b) as in `fit`: forward, loss, backward, gradient clipping, AdamW step.
-(a) and (b) time `--steps` steps after a warm-up; (c) runs `--epochs` full epochs. Every figure is the median of
-`--repeats` timings (of epochs, for (c)). CPU timings swing with libgomp's thread scheduling, so threads are set
-explicitly. The last line printed is one JSON object.
+CPU timings swing by ±15% from minute to minute (libgomp's thread scheduling), so threads are set explicitly and
+the three are measured in interleaved rounds — (a), (b), then one epoch of (c) — and each ratio is the median of the
+per-round ratios. (a) and (b) time about `--samples` rows after 10 warm-up steps. The last line printed is one JSON
+object.
 """
 import argparse
 import json
 import os
 import statistics
 import time
+from dataclasses import replace
 
 
 def main():
@@ -29,9 +31,8 @@ def main():
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--steps", type=int, default=150, help="timed steps per repeat for (a) and (b)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs for (c)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=300_000, help="rows timed per round for (a) and (b)")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     import torch
@@ -84,7 +85,7 @@ def main():
     on_device = device_data(train, device, "binary")
     results = {}
     for batch_size in args.batch_sizes:
-        config = TrainConfig(batch_size=batch_size, epochs=args.epochs, patience=args.epochs)
+        config = TrainConfig(batch_size=batch_size)
 
         def dataloader_batches():
             while True:
@@ -101,16 +102,16 @@ def main():
 
         model, optimizer, loss_fn = new_model(config)
         run_step = lambda n, c, t: step(model, optimizer, loss_fn, config, n, c, t)
-        loader = [timed(dataloader_batches(), run_step, args.steps) for _ in range(args.repeats)]
-        ceiling = [timed(fixed_batch(), run_step, args.steps) for _ in range(args.repeats)]
-        ours = []
-        for _ in range(max(1, args.repeats // args.epochs + (args.repeats % args.epochs > 0))):
-            result = fit(train, valid, config, classes=classes, device=device, progress=False)
-            ours += [h["train_samples_per_s"] for h in result.history]
-        entry = {"dataloader": statistics.median(loader), "ceiling": statistics.median(ceiling),
-                 "ours": statistics.median(ours)}
-        entry["ceiling_fraction"] = entry["ours"] / entry["ceiling"]
-        entry["ratio_vs_dataloader"] = entry["ours"] / entry["dataloader"]
+        steps = max(20, args.samples // batch_size)
+        rounds = []
+        for _ in range(args.rounds):
+            loader = timed(dataloader_batches(), run_step, steps)
+            ceiling = timed(fixed_batch(), run_step, steps)
+            result = fit(train, valid, replace(config, epochs=1), classes=classes, device=device, progress=False)
+            rounds.append({"dataloader": loader, "ceiling": ceiling, "ours": result.history[0]["train_samples_per_s"]})
+        entry = {name: statistics.median(r[name] for r in rounds) for name in ("dataloader", "ceiling", "ours")}
+        entry["ceiling_fraction"] = statistics.median(r["ours"] / r["ceiling"] for r in rounds)
+        entry["ratio_vs_dataloader"] = statistics.median(r["ours"] / r["dataloader"] for r in rounds)
         results[batch_size] = entry
         print(f"B={batch_size:5d}  dataloader {entry['dataloader']:12,.0f}  ceiling {entry['ceiling']:12,.0f}  "
               f"ours {entry['ours']:12,.0f} samples/s   ours/ceiling {entry['ceiling_fraction']:.3f}   "
