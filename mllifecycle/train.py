@@ -773,7 +773,7 @@ def load_model(run: Run,  # the run directory
                             f"{str(e).splitlines()[0]}") from None
     return TrainedModel(model=model.to(device).eval(), config=config, device=device)
 
-# %% ../nbs/02_train.ipynb #0fba46ec
+# %% ../nbs/02_train.ipynb #25adb0f3
 DEFAULT_SEARCH_SPACE = {
     "lr": {"low": 1e-4, "high": 3e-2, "log": True},
     "batch_size": {"choices": [256, 512, 1024, 2048]},
@@ -848,8 +848,12 @@ def open_storage(storage: str | None, run: Run | None = None):
         if run is None:
             return None  # in memory
         path = run.file("tuning/journal.log")
-    elif "://" in storage:
-        return optuna.storages.RDBStorage(storage)
+    elif "://" in storage:  # heartbeats let the study fail the trial of a worker that died, after two minutes
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=120)
     else:
         path = Path(storage).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -245,3 +245,13 @@ def test_regression_on_a_users_csv(tmp_path):
     predictions = load_model(run, "mlp").predict(prepared.pipeline.transform(test))
     rmse = float(np.sqrt(np.mean((predictions - test["target"].to_numpy()) ** 2)))
     assert rmse < 0.8 * test["target"].std()  # in the target's units, and better than predicting the mean
+
+
+def test_tuning_with_an_rdb_storage_url(run_dir):
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    stage = train_stage(TrainParams(run_dir=str(run_dir), n_trials=3, epochs=2, storage=url, study_name="rdb",
+                                    search_space={"width": {"choices": [16, 32]}, "depth": 1}, progress=False))
+    assert len(stage.study.trials) == 3
+    best = Run(run_dir).read_json("tuning/best.json")
+    assert best["study_name"] == "rdb" and sum(best["trials"].values()) == 3
+    assert not (run_dir / "tuning/journal.log").exists()  # the URL was used, not the default journal
