@@ -660,7 +660,7 @@ def fit(train: Features,  # training features with their target
                        resumed_from=resumed_from, device=device, amp=amp, world_size=world,
                        seconds=round(time.perf_counter() - started, 3))
 
-# %% ../nbs/02_train.ipynb #976baa17
+# %% ../nbs/02_train.ipynb #288431d7
 MODEL_FORMAT = "mllifecycle.TabularMLP/1"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -733,10 +733,17 @@ class TrainedModel:
     model: TabularMLP
     config: dict  # the model's config.json
     device: str
+    pipeline: FeaturePipeline | None = None  # the feature pipeline it was trained on (when the run has it)
 
     @property
     def kind(self) -> str:
         return self.config["kind"]
+
+    def predict_frame(self, df: pd.DataFrame) -> np.ndarray:
+        "Predict for raw rows: the feature pipeline it was trained with, then the network."
+        if self.pipeline is None:
+            raise ArtifactError("this model was loaded without its feature pipeline; transform the rows yourself")
+        return self.predict(self.pipeline.transform(df))
 
     def predict(self, features: Features) -> np.ndarray:
         "P(class 1) (binary), class probabilities (multi-class) or values (regression) for `features`."
@@ -751,7 +758,7 @@ def load_model(run: Run,  # the run directory
                name: str = "mlp",  # the model's folder under models/
                device: str = "cpu",  # where to put it ("auto" → CUDA when available)
               ) -> TrainedModel:
-    "Load models/<name>/ with its checksums verified; the weights are safetensors (no code is unpickled)."
+    "Load models/<name>/ and its feature pipeline with checksums verified; the weights are safetensors (no pickle)."
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -772,7 +779,14 @@ def load_model(run: Run,  # the run directory
     except RuntimeError as e:
         raise ArtifactError(f"{folder}/weights.safetensors does not fit the architecture in config.json: "
                             f"{str(e).splitlines()[0]}") from None
-    return TrainedModel(model=model.to(device).eval(), config=config, device=device)
+    pipeline = None
+    recorded = config["features"]["sha256"]
+    if recorded is not None and run.exists("features/pipeline.json"):
+        if file_sha256(run.artifact("features/pipeline.json")) != recorded:
+            raise ArtifactError(f"the run's features/pipeline.json changed after model {name!r} was trained (the data "
+                                "stage ran again with other settings?): retrain the model on the new features")
+        pipeline = FeaturePipeline.load(run.artifact("features/pipeline.json"))
+    return TrainedModel(model=model.to(device).eval(), config=config, device=device, pipeline=pipeline)
 
 # %% ../nbs/02_train.ipynb #2bb98a8d
 DEFAULT_SEARCH_SPACE = {

@@ -255,3 +255,16 @@ def test_tuning_with_an_rdb_storage_url(run_dir):
     best = Run(run_dir).read_json("tuning/best.json")
     assert best["study_name"] == "rdb" and sum(best["trials"].values()) == 3
     assert not (run_dir / "tuning/journal.log").exists()  # the URL was used, not the default journal
+
+
+def test_model_refuses_a_feature_pipeline_changed_after_training(run_dir):
+    stage = train_stage(TrainParams(run_dir=str(run_dir), n_trials=0, epochs=1, progress=False))
+    rows = stage.run.artifact("data/valid.parquet")
+    import pandas as pd
+
+    assert len(load_model(stage.run).predict_frame(pd.read_parquet(rows))) == len(pd.read_parquet(rows))
+    refit = FeaturePipeline.load(stage.run.artifact("features/pipeline.json"))
+    refit.numeric_stats_[next(iter(refit.numeric_stats_))]["mean"] += 1.0  # same shape, other statistics
+    stage.run.write_json("features/pipeline.json", refit.to_dict())
+    with pytest.raises(ArtifactError, match="changed after model 'mlp' was trained"):
+        load_model(stage.run)
