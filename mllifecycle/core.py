@@ -242,7 +242,7 @@ def capture_env(seed: int, device: str | None = None) -> dict[str, Any]:
     }
     return env
 
-# %% ../nbs/00_core.ipynb #2d787edc
+# %% ../nbs/00_core.ipynb #f0997c68
 CHECKSUMS = "checksums.json"
 
 
@@ -281,18 +281,24 @@ class Run:
         text = json_text(obj)
         return self.write_artifact(relpath, lambda p: p.write_text(text, encoding="utf-8"))
 
-    def artifact(self, relpath: str) -> Path:
-        "The path of an existing artifact whose checksum matches the one recorded when it was written."
+    def checksum(self, relpath: str) -> str:
+        "The SHA-256 of an existing artifact, verified against the one recorded when it was written."
         target = self.file(relpath)
         if not target.exists():
             raise ArtifactError(f"artifact {relpath!r} is missing from run {self.path}")
         sums = read_json(self.path / CHECKSUMS) if (self.path / CHECKSUMS).exists() else {}
         if relpath not in sums:
             raise ArtifactError(f"artifact {relpath!r} in run {self.path} has no recorded checksum")
-        if file_sha256(target) != sums[relpath]["sha256"]:
+        digest = file_sha256(target)
+        if digest != sums[relpath]["sha256"]:
             raise ArtifactError(f"artifact {relpath!r} in run {self.path} does not match its checksum "
                                 "(modified or corrupted after it was written)")
-        return target
+        return digest
+
+    def artifact(self, relpath: str) -> Path:
+        "The path of an existing artifact whose checksum matches the one recorded when it was written."
+        self.checksum(relpath)
+        return self.file(relpath)
 
     def read_json(self, relpath: str) -> Any:
         "Load a checksum-verified JSON artifact."

@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -260,8 +261,6 @@ def test_tuning_with_an_rdb_storage_url(run_dir):
 def test_model_refuses_a_feature_pipeline_changed_after_training(run_dir):
     stage = train_stage(TrainParams(run_dir=str(run_dir), n_trials=0, epochs=1, progress=False))
     rows = stage.run.artifact("data/valid.parquet")
-    import pandas as pd
-
     assert len(load_model(stage.run).predict_frame(pd.read_parquet(rows))) == len(pd.read_parquet(rows))
     refit = FeaturePipeline.load(stage.run.artifact("features/pipeline.json"))
     refit.numeric_stats_[next(iter(refit.numeric_stats_))]["mean"] += 1.0  # same shape, other statistics
