@@ -242,7 +242,7 @@ def capture_env(seed: int, device: str | None = None) -> dict[str, Any]:
     }
     return env
 
-# %% ../nbs/00_core.ipynb #f0997c68
+# %% ../nbs/00_core.ipynb #2c662e6c
 CHECKSUMS = "checksums.json"
 
 
@@ -250,6 +250,9 @@ CHECKSUMS = "checksums.json"
 class Run:
     "A run directory: the only hand-off between lifecycle stages."
     path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))  # a str is welcome too
 
     def file(self, relpath: str) -> Path:
         "The absolute path of `relpath` inside the run (it may not exist yet)."

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 from .core import MLLifecycleError, ParamError, new_run_id, package_dir, read_json, write_json
 
 # %% auto #0
-__all__ = ['PipelineError', 'Stage', 'notebooks_dir', 'find_stages', 'parse_value', 'load_params_file', 'run_pipeline',
-           'build_parser', 'main']
+__all__ = ['PipelineError', 'Stage', 'notebooks_dir', 'find_stages', 'parse_value', 'load_params_file', 'default_registry',
+           'run_pipeline', 'build_parser', 'main']
 
 # %% ../nbs/06_pipeline.ipynb #6ebdc775
 class PipelineError(MLLifecycleError):
@@ -93,7 +93,12 @@ def load_params_file(path: str | Path) -> dict[str, Any]:
         raise ParamError(f"parameter file {path} must hold a mapping of name → value, not {type(params).__name__}")
     return {str(k): v for k, v in params.items()}
 
-# %% ../nbs/06_pipeline.ipynb #88090be5
+# %% ../nbs/06_pipeline.ipynb #d6f99377
+def default_registry(runs_root: str | Path = "runs") -> Path:
+    "The model registry the runs under `runs_root` share: `runs_root/registry`."
+    return Path(runs_root).expanduser().resolve() / "registry"
+
+
 def _stage_parameters(stage: Stage, params: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     values = {k: v for k, v in params.items() if k in stage.parameters}
     values["run_dir"] = str(run_dir)
@@ -125,7 +130,9 @@ def run_pipeline(params: dict[str, Any] | None = None,  # stage parameters, e.g.
         raise ParamError(f"unknown parameter(s) {unknown}; the stages take: {', '.join(sorted(declared - {'run_dir'}))}")
     if "run_dir" in params:
         raise ParamError("give the run directory with --run-dir, not as a parameter")
-    for key in ("data_path", "schema_path"):  # relative paths mean relative to where the user ran the command
+    if "registry_dir" in declared and params.get("registry_dir") is None:
+        params["registry_dir"] = str(default_registry(runs_root))  # shared by every run under runs_root
+    for key in ("data_path", "schema_path", "registry_dir"):  # relative paths: relative to where the user ran it
         value = params.get(key)
         if isinstance(value, str) and "://" not in value:
             params[key] = str(Path(value).expanduser().resolve())
@@ -160,7 +167,7 @@ def run_pipeline(params: dict[str, Any] | None = None,  # stage parameters, e.g.
         write_json(report / "pipeline.json", record)
     return run_path
 
-# %% ../nbs/06_pipeline.ipynb #765670d6
+# %% ../nbs/06_pipeline.ipynb #54f8bdd3
 def build_parser() -> argparse.ArgumentParser:
     "The `mllifecycle` argument parser."
     from mllifecycle import __version__
@@ -179,6 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="run the training stage in this process (under torchrun, or as one "
                                               "of several tuning workers); --run-dir is required under torchrun")
     _add_run_options(train)
+    registry = commands.add_parser("registry", help="list the model registry, promote a version, roll back an alias")
+    actions = registry.add_subparsers(dest="action", required=True)
+    for name, help_text in (("list", "every version with its aliases"),
+                            ("promote", "point an alias (default champion) at a version"),
+                            ("rollback", "point an alias back at the version it held before")):
+        action = actions.add_parser(name, help=help_text)
+        action.add_argument("--registry", help="the registry folder (default: RUNS_ROOT/registry)")
+        action.add_argument("--runs-root", default="runs", help="where the runs are (default: runs)")
+        if name == "promote":
+            action.add_argument("version", help="a version number, or an alias such as challenger")
+            action.add_argument("--check-run", metavar="RUN_DIR",
+                                help="refuse unless the version fits this run's data schema")
+        if name != "list":
+            action.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
+            action.add_argument("--reason", default="", help="recorded in the registry's history")
+        else:
+            action.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -213,6 +237,36 @@ def _train(params: dict[str, Any], run_dir: str | None, runs_root: str) -> Path 
     return stage.run.path if rank == 0 else None
 
 
+def _registry(args) -> int:
+    "The `mllifecycle registry` actions."
+    from mllifecycle.core import Run, to_jsonable
+    from mllifecycle.data import Schema
+    from mllifecycle.registry import Registry
+
+    root = Path(args.registry) if args.registry else default_registry(args.runs_root)
+    if args.action != "promote" and not (root / "registry.json").exists() and not (root / "versions").is_dir():
+        raise ParamError(f"no model registry at {root}: run the validation stage first, or pass --registry")
+    registry = Registry(root)
+    if args.action == "list":
+        table = registry.list()
+        if args.json:
+            print(json.dumps(to_jsonable(table.to_dict(orient="records")), indent=2))
+        elif len(table):
+            print(table.drop(columns=["source_run"]).to_string(index=False))
+        else:
+            print(f"registry {root} holds no versions")
+        return 0
+    if args.action == "promote":
+        schema = None
+        if args.check_run:
+            schema = Schema.from_dict(Run(Path(args.check_run).expanduser().resolve()).read_json("data/schema.json"))
+        entry = registry.promote(args.version, args.alias, schema=schema, reason=args.reason)
+    else:
+        entry = registry.rollback(args.alias, reason=args.reason)
+    print(f"{entry['alias']}: version {entry['previous']} → {entry['version']}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of the `mllifecycle` command."
     args = build_parser().parse_args(argv)
@@ -222,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "params":
             _print_params(args.nbs)
             return 0
+        if args.command == "registry":
+            return _registry(args)
         params = load_params_file(args.params) if args.params else {}
         params.update({key: parse_value(value) for key, value in args.param})
         if args.command == "train":

@@ -34,8 +34,8 @@ __all__ = ['OPTIMIZERS', 'SCHEDULES', 'ACTIVATIONS', 'NORMS', 'METRICS', 'TASK_M
            'TabularMLP', 'DeviceData', 'task_kind', 'check_features', 'device_data', 'make_loss', 'resolve_metric',
            'output_scores', 'compute_metric', 'learning_rate', 'save_checkpoint', 'load_checkpoint', 'TrainResult',
            'distributed', 'init_distributed', 'predict_outputs', 'fit', 'check_model_name', 'plot_history',
-           'save_model', 'TrainedModel', 'load_model', 'parse_search_space', 'suggest', 'open_storage', 'tune',
-           'plot_study', 'save_study', 'TrainParams', 'TrainStageResult', 'train_stage']
+           'save_model', 'TrainedModel', 'load_model', 'trained_pipeline', 'parse_search_space', 'suggest',
+           'open_storage', 'tune', 'plot_study', 'save_study', 'TrainParams', 'TrainStageResult', 'train_stage']
 
 # %% ../nbs/02_train.ipynb #1b0978ce
 class TrainError(MLLifecycleError):
@@ -660,7 +660,7 @@ def fit(train: Features,  # training features with their target
                        resumed_from=resumed_from, device=device, amp=amp, world_size=world,
                        seconds=round(time.perf_counter() - started, 3))
 
-# %% ../nbs/02_train.ipynb #28c7158a
+# %% ../nbs/02_train.ipynb #42f9bf6e
 MODEL_FORMAT = "mllifecycle.TabularMLP/1"
 PIPELINE = "features/pipeline.json"  # the data stage's fitted feature pipeline, inside the run
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -778,14 +778,22 @@ def load_model(run: Run,  # the run directory
     except RuntimeError as e:
         raise ArtifactError(f"{folder}/weights.safetensors does not fit the architecture in config.json: "
                             f"{str(e).splitlines()[0]}") from None
-    pipeline = None
-    recorded = config["features"]["sha256"]
-    if recorded is not None and run.exists(PIPELINE):
-        if run.checksum(PIPELINE) != recorded:
-            raise ArtifactError(f"the run's {PIPELINE} changed after model {name!r} was trained (the data "
-                                "stage ran again with other settings?): retrain the model on the new features")
-        pipeline = FeaturePipeline.load(run.file(PIPELINE))  # just verified
-    return TrainedModel(model=model.to(device).eval(), config=config, device=device, pipeline=pipeline)
+    return TrainedModel(model=model.to(device).eval(), config=config, device=device,
+                        pipeline=trained_pipeline(run, config, name))
+
+
+def trained_pipeline(run: Run,  # the run (or registry package) holding the model
+                     config: dict,  # the model's config.json
+                     name: str,  # the model's name, for messages
+                    ) -> FeaturePipeline | None:  # None when the model was saved without one
+    "The feature pipeline a model was trained on, refused if it changed since (checksum in the model's config)."
+    recorded = config.get("features", {}).get("sha256")
+    if recorded is None or not run.exists(PIPELINE):
+        return None
+    if run.checksum(PIPELINE) != recorded:
+        raise ArtifactError(f"the run's {PIPELINE} changed after model {name!r} was trained (the data "
+                            "stage ran again with other settings?): retrain the model on the new features")
+    return FeaturePipeline.load(run.file(PIPELINE))  # just verified
 
 # %% ../nbs/02_train.ipynb #2bb98a8d
 DEFAULT_SEARCH_SPACE = {

@@ -47,7 +47,17 @@ def test_run_with_no_arguments_prepares_the_flights_data(tmp_path):
     for name in ("weights.safetensors", "history.json", "plots/learning_curves.png"):
         run.artifact(f"models/mlp/{name}")
     assert (run_dir / "report" / "02_train.ipynb").exists()
-    assert json.loads((run_dir / "report" / "pipeline.json").read_text())["stages"][0]["status"] == "ok"
+    # the validation stage compared four candidates, selected one and made it the champion of runs/registry
+    for name in ("metrics.json", "cv.json", "comparison.csv", "selection.json", "plots/roc.png"):
+        run.artifact(f"validation/{name}")
+    winner = run.read_json("validation/selection.json")["winner"]
+    assert winner in {"mlp", "mlp_small", "linear", "hgb"}
+    registered = run.read_json("validation/registry.json")
+    assert registered["registry"] == str(tmp_path / "runs" / "registry") and registered["alias"] == "champion"
+    listed = mllifecycle("registry", "list", cwd=tmp_path)
+    assert listed.returncode == 0 and "champion" in listed.stdout and winner in listed.stdout
+    stages = json.loads((run_dir / "report" / "pipeline.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == ["data", "train", "validate"] and {s["status"] for s in stages} == {"ok"}
 
 
 def test_run_on_a_users_csv(tmp_path, synthetic_csv):
