@@ -454,7 +454,7 @@ def cross_validate(frame: pd.DataFrame,  # development rows (training + validati
     return {"method": method, "k": len(folds), "development_rows": len(frame), "skipped_folds": skipped,
             "models": models}
 
-# %% ../nbs/03_validate.ipynb #1fa8ba1f
+# %% ../nbs/03_validate.ipynb #a31a03e7
 @dataclass
 class SelectionPolicy:
     "How the winner is chosen: the primary metric, then gap, latency and size, each with a limit."
@@ -502,7 +502,7 @@ def select_model(table: pd.DataFrame,  # `compare_models` plus gap, latency_ms_p
             eligible.append(name)
     if not eligible:
         return {"winner": None, "metric": metric, "policy": asdict(policy), "candidates": candidates,
-                "reason": "no candidate is within the policy's limits"}
+                "reason": "no candidate has a defined test metric within the policy's limits"}
     best_value = max(sign * rows.loc[name, metric] for name in eligible)
     tied = [name for name in eligible if best_value - sign * rows.loc[name, metric] <= policy.tolerance]
     ranked = sorted(tied, key=lambda n: (rows.loc[n, "gap"], rows.loc[n, "latency_ms_per_row"], rows.loc[n, "size_mb"]))
@@ -699,7 +699,7 @@ def _timed(call, argument) -> float:
     call(argument)
     return time.perf_counter() - started
 
-# %% ../nbs/03_validate.ipynb #aefa2513
+# %% ../nbs/03_validate.ipynb #72d8c8b7
 PROMOTE_MODES = ("auto", "always", "never")
 
 
@@ -747,6 +747,8 @@ class ValidateParams:
         self.promote_margin = _number("promote_margin", self.promote_margin)
         if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
             _choice("threshold", self.threshold, THRESHOLD_RULES)
+        elif not 0 < self.threshold < 1:
+            raise ParamError(f"a fixed threshold must lie in (0, 1), got {self.threshold}")
         SelectionPolicy("auroc", self.tolerance, self.max_gap, self.max_latency_ms, self.max_size_mb)  # checks
 
 

@@ -242,6 +242,7 @@ def test_metrics_on_degenerate_splits():
     (dict(candidates=["mlp", "xgboost"]), "unknown candidate(s) ['xgboost']"),
     (dict(cv_folds=1), "cv_folds"),
     (dict(threshold="best"), "threshold"),
+    (dict(threshold=1.5), "threshold must lie in"),
     (dict(promote="sometimes"), "promote"),
     (dict(max_gap=-1), "max_gap"),
 ])
@@ -270,3 +271,32 @@ def test_registry_command_line(validated, registry, tmp_path):
         result = cli("registry", *args, *([] if "--registry" in args else where), cwd=tmp_path)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("task", ["regression", "multiclass"])
+def test_other_tasks_are_validated_end_to_end(tmp_path, task):
+    "Regression (RMSE, residual plot) and multi-class (accuracy, McNemar) go through the same stage and registry."
+    frame = make_synthetic(2500, n_numeric=4, n_categorical=2, seed=4)
+    if task == "regression":
+        frame["target"] = 3 * frame["num_0"] - frame["num_1"] + np.random.default_rng(0).normal(0, 0.5, len(frame))
+    else:
+        frame["target"] = np.select([frame["num_0"] < -0.5, frame["num_0"] < 0.5], ["low", "mid"], "high")
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    run = open_run(tmp_path / "run")
+    prepare_data(run, DataConfig(data_path=str(tmp_path / "data.csv"), target="target", task=
+                                 "regression" if task == "regression" else "classification"))
+    train_stage(TrainParams(run_dir=str(run.path), epochs=3, n_trials=0, progress=False, device="cpu"))
+    stage = validate_stage(ValidateParams(run_dir=str(run.path), **FAST))
+    metric = "rmse" if task == "regression" else "accuracy"
+    assert stage.selection["metric"] == metric and stage.selection["winner"] is not None
+    plots = ["residuals"] if task == "regression" else ["reliability", "confusion"]
+    for plot in plots + ["comparison", "slices"]:
+        run.artifact(f"validation/plots/{plot}.png")
+    champion = Registry(run.path / "registry").load("champion")
+    out = champion.predict(pd.read_parquet(run.artifact("data/test.parquet")).head(7))
+    if task == "regression":
+        assert out.probabilities is None and np.isfinite(out.predictions).all()
+        assert stage.comparison["mcnemar_p"].isna().all()
+    else:
+        assert out.probabilities.shape == (7, 3) and set(out.predictions) <= {"low", "mid", "high"}
+        assert stage.comparison["mcnemar_p"].notna().sum() == 3
