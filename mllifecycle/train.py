@@ -34,8 +34,9 @@ __all__ = ['OPTIMIZERS', 'SCHEDULES', 'ACTIVATIONS', 'NORMS', 'METRICS', 'TASK_M
            'TabularMLP', 'DeviceData', 'task_kind', 'check_features', 'device_data', 'make_loss', 'resolve_metric',
            'output_scores', 'compute_metric', 'learning_rate', 'save_checkpoint', 'load_checkpoint', 'TrainResult',
            'distributed', 'init_distributed', 'predict_outputs', 'fit', 'check_model_name', 'plot_history',
-           'save_model', 'TrainedModel', 'load_model', 'trained_pipeline', 'parse_search_space', 'suggest',
-           'open_storage', 'tune', 'plot_study', 'save_study', 'TrainParams', 'TrainStageResult', 'train_stage']
+           'save_model', 'TrainedModel', 'model_config', 'load_model', 'trained_pipeline', 'parse_search_space',
+           'suggest', 'open_storage', 'tune', 'plot_study', 'save_study', 'TrainParams', 'TrainStageResult',
+           'train_stage']
 
 # %% ../nbs/02_train.ipynb #1b0978ce
 class TrainError(MLLifecycleError):
@@ -660,7 +661,7 @@ def fit(train: Features,  # training features with their target
                        resumed_from=resumed_from, device=device, amp=amp, world_size=world,
                        seconds=round(time.perf_counter() - started, 3))
 
-# %% ../nbs/02_train.ipynb #42f9bf6e
+# %% ../nbs/02_train.ipynb #38a4263a
 MODEL_FORMAT = "mllifecycle.TabularMLP/1"
 PIPELINE = "features/pipeline.json"  # the data stage's fitted feature pipeline, inside the run
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -753,6 +754,14 @@ class TrainedModel:
         return output_scores(outputs, self.kind, self.config["target_scale"]).cpu().numpy()
 
 
+def model_config(run: Run, name: str) -> dict:
+    "The checksum-verified config.json of models/<name>/, or `ArtifactError` when the run has no such model."
+    relpath = f"models/{check_model_name(name)}/config.json"
+    if not run.exists(relpath):
+        raise ArtifactError(f"{run.path} has no model {name!r} (no {relpath}); train it first")
+    return run.read_json(relpath)
+
+
 def load_model(run: Run,  # the run directory
                name: str = "mlp",  # the model's folder under models/
                device: str = "cpu",  # where to put it ("auto" → CUDA when available)
@@ -762,9 +771,7 @@ def load_model(run: Run,  # the run directory
     from safetensors.torch import load_file
 
     folder = f"models/{check_model_name(name)}"
-    if not run.exists(f"{folder}/config.json"):
-        raise ArtifactError(f"run {run.path} has no model {name!r} (no {folder}/config.json); train it first")
-    config = run.read_json(f"{folder}/config.json")
+    config = model_config(run, name)
     if config.get("format") != MODEL_FORMAT:
         raise ArtifactError(f"{folder}/config.json is not a {MODEL_FORMAT} model description")
     try:
