@@ -820,7 +820,77 @@ def _decide_promotion(registry: Registry, version: int, params: ValidateParams, 
     decision.update(alias=entry["alias"], reason=why)
     return decision
 
-# %% ../nbs/03_validate.ipynb #819ba417
+# %% ../nbs/03_validate.ipynb #6f8e16a9
+@dataclass
+class _Scored:
+    "Every candidate's predictor, scores, threshold and metrics on the three splits."
+    predictors: dict[str, Predictor]
+    scores: dict[str, dict[str, np.ndarray]]  # model → split → scores
+    thresholds: dict[str, float]  # binary models' decision thresholds
+    threshold_info: dict[str, dict]  # how each was chosen
+    metrics: dict[str, dict[str, dict]]  # model → split → metrics
+
+
+def _score(run: Run, names: list[str], features: dict[str, Features], kind: str, classes: list | None,
+           threshold_rule: str | float, device: str) -> _Scored:
+    "Load each candidate through the predict interface it will be served by, choose thresholds, measure."
+    predictors = {name: load_predictor(run, name, device=device) for name in names}
+    scores = {name: {split: p.scores(f) for split, f in features.items()} for name, p in predictors.items()}
+    thresholds, info = {}, {}
+    if kind == "binary":
+        for name, predictor in predictors.items():
+            info[name] = choose_threshold(features["valid"].target, scores[name]["valid"], threshold_rule)
+            predictor.threshold = thresholds[name] = info[name]["threshold"]
+    metrics = {name: {split: evaluate(f.target, scores[name][split], kind, classes, thresholds.get(name, 0.5), split)
+                      for split, f in features.items()} for name in names}
+    return _Scored(predictors, scores, thresholds, info, metrics)
+
+
+def _comparison_table(scored: _Scored, candidates: dict[str, Candidate], features: dict[str, Features],
+                      test_rows: pd.DataFrame, kind: str, metric: str, params: ValidateParams) -> pd.DataFrame:
+    "The paired comparison on the test rows, with each candidate's gap, latency and size beside it."
+    targets = {split: f.target for split, f in features.items()}
+    comparison = compare_models(targets["test"], {n: s["test"] for n, s in scored.scores.items()}, kind, metric,
+                                scored.thresholds, params.n_bootstrap, params.confidence, params.seed)
+    test_values = comparison.set_index("model")[metric]
+    extra = []
+    for name in comparison["model"]:
+        predictor, threshold = scored.predictors[name], scored.thresholds.get(name)
+        train_value = point_metric(metric, targets["train"], _per_row(metric, kind, targets["train"],
+                                                                      scored.scores[name]["train"], threshold or 0.5))
+        latency = measure_latency(predictor, test_rows)
+        extra.append({"family": predictor.family, "description": candidates[name].description,
+                      f"train_{metric}": train_value, "gap": generalisation_gap(metric, train_value, test_values[name]),
+                      "latency_ms_per_row": latency["latency_ms_per_row"],
+                      "latency_ms_single": latency["latency_ms_single"], "size_mb": predictor.model_bytes / 1e6,
+                      "threshold": threshold})
+    return pd.concat([comparison, pd.DataFrame(extra)], axis=1)
+
+
+def _figures(scored: _Scored, targets: dict[str, np.ndarray], kind: str, classes: list | None, metric: str,
+             winner: str | None, comparison: pd.DataFrame, slices: pd.DataFrame | None) -> dict:
+    "The stage's plots: curves over every candidate, then the winner's threshold, errors and slices."
+    test_scores = {name: s["test"] for name, s in scored.scores.items()}
+    figures = {"comparison": plot_comparison(comparison, metric, winner)}
+    if kind == "binary":
+        figures.update(roc=plot_roc(targets["test"], test_scores),
+                       precision_recall=plot_precision_recall(targets["test"], test_scores))
+    if kind != "regression":
+        figures["reliability"] = plot_reliability(targets["test"], test_scores)
+    if winner is None:
+        return figures
+    if kind == "binary":
+        figures["threshold"] = plot_threshold(targets["valid"], scored.scores[winner]["valid"],
+                                              scored.thresholds[winner], winner)
+    if kind == "regression":
+        figures["residuals"] = plot_residuals(targets["test"], scored.scores[winner]["test"], winner)
+    else:
+        figures["confusion"] = plot_confusion(scored.metrics[winner]["test"]["confusion_matrix"], classes, winner)
+    if slices is not None and len(slices):
+        figures["slices"] = plot_slices(slices, metric, scored.metrics[winner]["test"][metric], winner)
+    return figures
+
+# %% ../nbs/03_validate.ipynb #3f59d50a
 def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
     "Measure, cross-validate, compare and select the run's models; register the winner and move the aliases."
     import matplotlib.pyplot as plt
@@ -843,34 +913,10 @@ def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
     features = {name: pipeline.transform(splits[name]) for name in ("train", "valid", "test")}
     targets = {name: f.target for name, f in features.items()}
     device = choose_device(params.device)
+
     candidates = _candidate_models(run, params, features, classes, device)
-
-    # every candidate is measured through the interface it will be served by
-    predictors = {name: load_predictor(run, name, device=device) for name in candidates}
-    scores = {name: {split: p.scores(features[split]) for split in features} for name, p in predictors.items()}
-    thresholds, threshold_info = {}, {}
-    for name in candidates:
-        if kind == "binary":
-            threshold_info[name] = choose_threshold(targets["valid"], scores[name]["valid"], params.threshold)
-            thresholds[name] = threshold_info[name]["threshold"]
-            predictors[name].threshold = thresholds[name]
-    metrics = {name: {split: evaluate(targets[split], scores[name][split], kind, classes, thresholds.get(name, 0.5),
-                                      split) for split in features} for name in candidates}
-
-    comparison = compare_models(targets["test"], {n: s["test"] for n, s in scores.items()}, kind, metric, thresholds,
-                                params.n_bootstrap, params.confidence, params.seed)
-    extra = []
-    for name in comparison["model"]:
-        latency = measure_latency(predictors[name], splits["test"])
-        train_value = point_metric(metric, targets["train"],
-                                   _per_row(metric, kind, targets["train"], scores[name]["train"], thresholds.get(name, .5)))
-        test_value = comparison.set_index("model").loc[name, metric]
-        extra.append({"family": predictors[name].family, "description": candidates[name].description,
-                      f"train_{metric}": train_value, "gap": generalisation_gap(metric, train_value, test_value),
-                      **{k: v for k, v in latency.items() if k != "rows"},
-                      "size_mb": predictors[name].model_bytes / 1e6, "threshold": thresholds.get(name)})
-    comparison = pd.concat([comparison, pd.DataFrame(extra)], axis=1)
-
+    scored = _score(run, list(candidates), features, kind, classes, params.threshold, device)
+    comparison = _comparison_table(scored, candidates, features, splits["test"], kind, metric, params)
     cv = None
     if params.cv_folds:
         development = pd.concat([splits["train"], splits["valid"]], ignore_index=True)
@@ -887,32 +933,15 @@ def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
     selection["comparison"] = "validation/comparison.csv"
     selection["bootstrap"] = {"resamples": params.n_bootstrap, "confidence": params.confidence,
                               "rows": len(targets["test"])}
-
-    figures = {}
-    if kind == "binary":
-        test_scores = {n: s["test"] for n, s in scores.items()}
-        figures.update(roc=plot_roc(targets["test"], test_scores),
-                       precision_recall=plot_precision_recall(targets["test"], test_scores),
-                       reliability=plot_reliability(targets["test"], test_scores))
-    elif kind == "multiclass":
-        figures["reliability"] = plot_reliability(targets["test"], {n: s["test"] for n, s in scores.items()})
     slices = None
     if winner is not None:
-        if kind == "binary":
-            figures["threshold"] = plot_threshold(targets["valid"], scores[winner]["valid"], thresholds[winner], winner)
-        if kind == "regression":
-            figures["residuals"] = plot_residuals(targets["test"], scores[winner]["test"], winner)
-        else:
-            figures["confusion"] = plot_confusion(metrics[winner]["test"]["confusion_matrix"], classes, winner)
-        slices = slice_metrics(splits["test"], targets["test"], scores[winner]["test"], kind, classes,
+        slices = slice_metrics(splits["test"], targets["test"], scored.scores[winner]["test"], kind, classes,
                                [c for c in schema.names("feature", "categorical") if c in splits["test"]], metric,
-                               thresholds.get(winner, 0.5), params.min_slice_rows)
-        if len(slices):
-            figures["slices"] = plot_slices(slices, metric, metrics[winner]["test"][metric], winner)
-    figures["comparison"] = plot_comparison(comparison, metric, winner)
+                               scored.thresholds.get(winner, 0.5), params.min_slice_rows)
+    figures = _figures(scored, targets, kind, classes, metric, winner, comparison, slices)
 
-    metrics_doc = {"task": kind, "primary_metric": metric, "classes": classes, "thresholds": threshold_info,
-                   "models": metrics, "selected": winner,
+    metrics_doc = {"task": kind, "primary_metric": metric, "classes": classes, "thresholds": scored.threshold_info,
+                   "models": scored.metrics, "selected": winner,
                    "worst_slices": None if slices is None else slices.head(10).to_dict(orient="records"),
                    "slices": None if slices is None else slices.to_dict(orient="records")}
     run.write_json("validation/metrics.json", metrics_doc)
@@ -930,15 +959,15 @@ def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
     if winner is not None:
         registry = Registry(params.registry_dir or run.file("registry"))
         value = float(comparison.set_index("model").loc[winner, metric])  # the formula the champion is scored with
-        test_summary = {k: v for k, v in metrics[winner]["test"].items() if isinstance(v, float)}
-        version = registry.register(run, winner, metrics={"test": metrics[winner]["test"],
-                                                          "valid": metrics[winner]["valid"]},
-                                    threshold=thresholds.get(winner),
-                                    notes={"metric": {"name": metric, "value": value}, "test_metrics": test_summary,
-                                           "selection": selection["reason"]})
+        test_metrics = scored.metrics[winner]["test"]
+        version = registry.register(
+            run, winner, metrics={"test": test_metrics, "valid": scored.metrics[winner]["valid"]},
+            threshold=scored.thresholds.get(winner),
+            notes={"metric": {"name": metric, "value": value}, "selection": selection["reason"],
+                   "test_metrics": {k: v for k, v in test_metrics.items() if isinstance(v, float)}})
         registry_doc = {"registry": str(registry.root),
                         **_decide_promotion(registry, version, params, schema, splits["test"], targets["test"],
                                             metric, value)}
     run.write_json("validation/registry.json", registry_doc)
     return ValidateStageResult(run=run, comparison=comparison, selection=selection, metrics=metrics_doc, cv=cv,
-                               registry=registry_doc, scores=scores)
+                               registry=registry_doc, scores=scored.scores)
