@@ -164,7 +164,7 @@ def as_frame(data: pd.DataFrame | dict | list) -> pd.DataFrame:
         raise DataError("there are no rows to predict for")
     return frame
 
-# %% ../nbs/03_registry.ipynb #f31458c8
+# %% ../nbs/03_registry.ipynb #59fe31be
 @dataclass
 class Predictor:
     "Any packaged model behind one interface: raw rows in (frame or records), predictions and probabilities out."
@@ -182,8 +182,10 @@ class Predictor:
 
     def features(self, data: pd.DataFrame | dict | list) -> Features:
         "Check rows against the schema and apply the feature pipeline (a target column, if present, is ignored)."
-        frame = as_frame(data).drop(columns=[self.schema.target], errors="ignore")
-        return self.pipeline.transform(check_frame(frame, self.schema, require_target=False))
+        frame = check_frame(as_frame(data), self.schema, require_target=False)  # a checked copy of the rows
+        if self.schema.target in frame:
+            del frame[self.schema.target]  # in place: the copy is ours, and the target is not an input
+        return self.pipeline.transform(frame)
 
     def scores(self, features: Features) -> np.ndarray:
         "P(class 1) (binary), class probabilities (multi-class) or values (regression) for transformed features."
@@ -258,7 +260,7 @@ def schema_differences(model: Schema,  # the schema a model was trained on
             problems.append(f"column {column.name!r} is {column.kind} for the model, {other.kind} in the data")
     return problems
 
-# %% ../nbs/03_registry.ipynb #42c2f8a4
+# %% ../nbs/03_registry.ipynb #1c272171
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -325,16 +327,16 @@ class Registry:
             raise ArtifactError(f"version {package.path.name} of registry {self.root} has no checksummed manifest")
         for relpath in sums:
             package.checksum(relpath)
-        return package.read_json("manifest.json")
+        return read_json(package.file("manifest.json"))  # just verified
 
     def load(self, ref: int | str = "champion",  # a version number or an alias
              device: str = "cpu",  # torch models: where to run
             ) -> Predictor:
-        "The model of a version behind the one predict interface, every file verified."
-        version = self.resolve(ref)  # once: an alias moving meanwhile cannot swap the version under us
-        manifest = self.verify(version)
-        return load_predictor(self.package(version), manifest["name"], threshold=manifest.get("threshold"),
-                              device=device, version=version)
+        "The model of a version behind the one predict interface, every file it reads verified."
+        package = self.package(ref)  # resolved once: an alias moving meanwhile cannot swap the version under us
+        manifest = package.read_json("manifest.json")
+        return load_predictor(package, manifest["name"], threshold=manifest.get("threshold"), device=device,
+                              version=manifest["version"])  # load_predictor checks each file it reads, once
 
     def register(self, run: Run,  # the run holding the model
                  name: str,  # the model's folder under models/
