@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import hashlib
 import json
+import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,16 +24,22 @@ from .core import MLLifecycleError, Run, open_run, read_json, write_json
 # %% auto #0
 __all__ = ['FILE_READERS', 'SQL_URL', 'FLIGHTS_TARGET', 'FLIGHTS_TIME', 'FLIGHTS_IDS', 'FLIGHTS_CONSTRAINTS', 'FLIGHTS_DERIVED',
            'DRIFT_KINDS', 'KINDS', 'ROLES', 'MAX_SCHEMA_CATEGORIES', 'NA_TOKENS', 'MISSING_STRATEGIES', 'SPLIT_METHODS',
-           'UNKNOWN', 'MISSING', 'DATETIME_PARTS', 'SPLITS', 'DEFAULT_SAMPLE_ROWS', 'DataError', 'read_sql',
-           'load_table', 'duplicated_rows', 'deduplicate_keys', 'join_tables', 'flights_files', 'load_flights',
-           'make_synthetic', 'ColumnSchema', 'Schema', 'column_kind', 'infer_task', 'check_target', 'infer_schema',
-           'coerce_column', 'check_frame', 'profile', 'normalize_categories', 'CleanConfig', 'clean_frame',
-           'plot_quality', 'split_frame', 'check_leakage', 'check_expression', 'Features', 'FeaturePipeline',
-           'DataConfig', 'PreparedData', 'collect', 'prepare_data', 'load_prepared']
+           'MIN_SPLIT_ROWS', 'ID_NAME', 'LEAK_THRESHOLD', 'UNKNOWN', 'MISSING', 'DATETIME_PARTS', 'SPLITS',
+           'DEFAULT_SAMPLE_ROWS', 'DataError', 'DataWarning', 'read_sql', 'load_table', 'duplicated_rows',
+           'deduplicate_keys', 'join_tables', 'flights_files', 'load_flights', 'make_synthetic', 'ColumnSchema',
+           'Schema', 'column_kind', 'infer_task', 'check_target', 'infer_schema', 'coerce_column', 'check_frame',
+           'profile', 'normalize_categories', 'CleanConfig', 'clean_frame', 'plot_quality', 'rows_needed',
+           'split_frame', 'check_leakage', 'find_id_columns', 'find_leaks', 'check_expression', 'Features',
+           'FeaturePipeline', 'DataConfig', 'PreparedData', 'collect', 'screen_columns', 'dataset_record',
+           'prepare_data', 'load_prepared']
 
 # %% ../nbs/01_data.ipynb #4e02fd7d
 class DataError(MLLifecycleError, ValueError):
     "The data cannot be used: a missing or unreadable source, wrong columns or types, or an unusable target."
+
+
+class DataWarning(UserWarning):
+    "The data can be used, but something in it will likely mislead a model: a leaky or identifier-like column."
 
 # %% ../nbs/01_data.ipynb #628ff53b
 FILE_READERS = {
@@ -703,6 +712,12 @@ def plot_quality(quality: dict,  # the report from `clean_frame`
 
 # %% ../nbs/01_data.ipynb #a0659e31
 SPLIT_METHODS = ("auto", "time", "random", "group")
+MIN_SPLIT_ROWS = 10  # rows the validation and test splits need at the least to measure anything
+
+
+def rows_needed(valid_frac: float, test_frac: float, stream_frac: float = 0.0) -> int:
+    "The fewest rows that give validation and test splits of `MIN_SPLIT_ROWS` rows each."
+    return math.ceil(MIN_SPLIT_ROWS / (min(valid_frac, test_frac) * (1 - stream_frac)) - 1e-9)
 
 
 def _check_fractions(valid_frac, test_frac, stream_frac):
@@ -734,6 +749,11 @@ def split_frame(df: pd.DataFrame,  # cleaned data
         method = "time" if time_column else "random"
     _check_fractions(valid_frac, test_frac, stream_frac if method == "time" else 0.0)
     n = len(df)
+    needed = rows_needed(valid_frac, test_frac, stream_frac if method == "time" else 0.0)
+    if n < needed:
+        raise DataError(f"{n} rows are too few to split: valid_frac={valid_frac}, test_frac={test_frac}"
+                        + (f", stream_frac={stream_frac}" if method == "time" else "") + f" need at least {needed} "
+                        f"rows ({MIN_SPLIT_ROWS} in each of the validation and test splits)")
     if method == "time":
         if not time_column or time_column not in df.columns:
             raise DataError(f"a time split needs time_column naming a column of the data, got {time_column!r}")
@@ -757,6 +777,8 @@ def split_frame(df: pd.DataFrame,  # cleaned data
         from sklearn.model_selection import train_test_split
 
         labels = df[target] if stratify and infer_task(df[target]) == "classification" else None
+        if labels is not None and labels.value_counts().min() < 3:
+            labels = None  # a class with one or two rows cannot be spread over three splits
         try:
             train, rest = train_test_split(df, test_size=valid_frac + test_frac, random_state=seed, stratify=labels)
             rest_labels = rest[target] if labels is not None else None
@@ -798,6 +820,121 @@ def check_leakage(splits: dict[str, pd.DataFrame],  # from `split_frame`
             out[name] = splits[name].loc[~dup].reset_index(drop=True)
         seen.update(hashes.tolist())
     return out, leaked
+
+# %% ../nbs/01_data.ipynb #47e4d2c2
+ID_NAME = re.compile(r"^(id|key|index|uuid|guid|row|row_?(id|num|number|index)|unnamed:?\s*\d*)$|[_\s.-](id|uuid|guid)$",
+                     re.IGNORECASE)  # id, row_number, Unnamed: 0, customer_id, order.uuid
+_CAMEL_ID = re.compile(r"[a-z0-9](Id|ID)$")  # PassengerId, CustomerID (but not "valid" or "paid")
+
+
+def _id_reason(name: str, s: pd.Series) -> str | None:
+    "Why column `s` looks like an identifier, or None."
+    if ID_NAME.search(name.strip()) or _CAMEL_ID.search(name.strip()):
+        return "named like an identifier"
+    values = s.dropna()
+    if len(values) < 20 or values.nunique() < len(values):
+        return None  # identifiers are unique per row; too few rows to tell
+    if _is_text(s) or isinstance(s.dtype, pd.CategoricalDtype):
+        return "a different text value in every row"
+    if pd.api.types.is_integer_dtype(values) or (pd.api.types.is_float_dtype(values)
+                                                 and np.all(np.mod(values.to_numpy(), 1) == 0)):
+        steps = np.diff(values.to_numpy(dtype="float64"))
+        if (steps > 0).all() or (steps < 0).all():
+            return "an integer that rises or falls strictly from row to row (a row number)"
+    return None
+
+
+def find_id_columns(df: pd.DataFrame,  # cleaned data, in its original row order
+                    exclude: list[str] = (),  # columns never flagged (target, time column, ids already given)
+                   ) -> dict[str, str]:  # column → why it looks like an identifier
+    "Columns that look like identifiers: named like an id, unique text per row, or a strictly monotone integer."
+    return {name: reason for name in df.columns if name not in exclude
+            for reason in [_id_reason(str(name), df[name])] if reason is not None}
+
+# %% ../nbs/01_data.ipynb #78eadebe
+LEAK_THRESHOLD = 0.98  # a feature alone scoring this well (balanced accuracy or R²) is flagged as a leak
+_IDENTITIES = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide}
+
+
+def _single_feature_score(x: pd.Series, y: np.ndarray, task: str, fit_rows: np.ndarray, score_rows: np.ndarray) -> float:
+    "How well one column alone predicts the target on held-out rows: balanced accuracy (classes) or R² (values)."
+    from sklearn.metrics import balanced_accuracy_score, r2_score
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    if column_kind(x) == "numeric":
+        values = x.to_numpy(dtype="float64", na_value=np.nan).reshape(-1, 1)
+        tree = (DecisionTreeRegressor if task == "regression" else DecisionTreeClassifier)(
+            max_leaf_nodes=32, min_samples_leaf=3, random_state=0)
+        predicted = tree.fit(values[fit_rows], y[fit_rows]).predict(values[score_rows])
+    else:  # per-category mean (regression) or majority class; unseen categories get the overall one
+        keys = x.astype("string").fillna("<missing>").to_numpy()
+        fitted = pd.Series(y[fit_rows]).groupby(keys[fit_rows])
+        if task == "regression":
+            lookup, fallback = fitted.mean(), float(np.mean(y[fit_rows]))
+        else:
+            lookup, fallback = fitted.agg(lambda v: v.value_counts().index[0]), pd.Series(y[fit_rows]).mode()[0]
+        predicted = pd.Series(keys[score_rows]).map(lookup).fillna(fallback).to_numpy(dtype=y.dtype)
+    if task == "regression":
+        return float(r2_score(y[score_rows], predicted)) if np.var(y[score_rows]) > 0 else float("nan")
+    return float(balanced_accuracy_score(y[score_rows], predicted))
+
+
+def _identities(df: pd.DataFrame, y: np.ndarray, columns: list[str], tolerance: float = 1e-6) -> list[dict]:
+    "Pairs of numeric columns whose sum, difference, product or ratio equals the target on (almost) every row."
+    found = []
+    values = {c: df[c].to_numpy(dtype="float64", na_value=np.nan) for c in columns}
+    scale = np.maximum(np.abs(y), 1.0)
+    for a_index, a in enumerate(columns):
+        for b in columns[a_index + 1:]:
+            for symbol, op in _IDENTITIES.items():
+                for left, right in ((a, b), (b, a)) if symbol in "-/" else ((a, b),):
+                    with np.errstate(all="ignore"):
+                        result = op(values[left], values[right])
+                    usable = np.isfinite(result)
+                    if usable.mean() < 0.9:
+                        continue
+                    if (np.abs(result[usable] - y[usable]) <= tolerance * scale[usable]).mean() >= 0.99:
+                        found.append({"columns": [left, right], "expression": f"{left} {symbol} {right}"})
+    return found
+
+
+def find_leaks(df: pd.DataFrame,  # cleaned data
+               target: str,  # the target column
+               task: str,  # "classification" or "regression"
+               columns: list[str],  # the candidate features
+               threshold: float = LEAK_THRESHOLD,  # flag a feature alone scoring at least this
+               max_rows: int = 5000,  # score on a random sample of at most this many rows
+               max_identity_columns: int = 40,  # test identities among at most this many numeric columns
+               seed: int = 0,
+              ) -> list[dict]:  # one record per leak: columns, how it was found, score
+    "Features that alone predict the target almost perfectly, and exact arithmetic identities with the target."
+    rows = df[df[target].notna()]
+    if len(rows) > max_rows:
+        rows = rows.sample(n=max_rows, random_state=seed)
+    if len(rows) < 20:
+        return []  # too few rows to tell a leak from luck
+    if task == "regression":
+        y = rows[target].to_numpy(dtype="float64")
+    else:
+        y = pd.factorize(rows[target].astype("string"), sort=True)[0]
+    order = np.random.default_rng(seed).permutation(len(rows))
+    fit_rows, score_rows = order[: len(rows) // 2], order[len(rows) // 2:]
+    leaks = []
+    for name in columns:
+        if column_kind(rows[name]) == "datetime" or rows[name].nunique(dropna=True) < 2:
+            continue
+        score = _single_feature_score(rows[name], y, task, fit_rows, score_rows)
+        if np.isfinite(score) and score >= threshold:
+            metric = "R²" if task == "regression" else "balanced accuracy"
+            leaks.append({"columns": [name], "how": f"alone predicts the target on held-out rows ({metric} "
+                                                    f"{score:.3f} ≥ {threshold})", "score": round(score, 4)})
+    if task == "regression":
+        numeric = [c for c in columns if column_kind(rows[c]) == "numeric"
+                   and rows[c].nunique() > 1][:max_identity_columns]  # a constant plus a leak is the leak alone
+        for found in _identities(rows, y, numeric):
+            leaks.append({"columns": found["columns"], "how": f"the target equals {found['expression']} on every "
+                                                              "row", "score": 1.0})
+    return leaks
 
 # %% ../nbs/01_data.ipynb #e4a060af
 UNKNOWN, MISSING = 0, 1  # reserved categorical codes
@@ -1082,6 +1219,9 @@ class DataConfig:
     min_frequency: int = 5
     max_categories: int = 1000
     schema_path: str | None = None  # check the data against this saved schema.json before anything else
+    keep_id_columns: bool = False  # keep columns that look like identifiers as features (see `find_id_columns`)
+    leak_threshold: float = LEAK_THRESHOLD  # flag a feature that alone scores this well (1.0: only perfect ones)
+    drop_leaky: bool = False  # drop the features flagged as leaks instead of only warning
     seed: int = 0
 
     def __post_init__(self):
@@ -1095,6 +1235,15 @@ class DataConfig:
         if self.data_path is not None and not self.target:
             raise DataError(f"data_path is {self.data_path!r} but no target is given: set target to the column "
                             "to predict")
+        if isinstance(self.data_path, (str, Path)) and not SQL_URL.match(str(self.data_path)) \
+                and not Path(self.data_path).expanduser().exists():
+            raise DataError(f"data file not found: {Path(self.data_path).expanduser()}")
+        if isinstance(self.leak_threshold, bool) or not isinstance(self.leak_threshold, (int, float)) \
+                or not 0.5 <= self.leak_threshold <= 1:
+            raise DataError(f"leak_threshold must be a number in [0.5, 1], got {self.leak_threshold!r}")
+        for name in ("keep_id_columns", "drop_leaky"):
+            if not isinstance(getattr(self, name), bool):
+                raise DataError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("id_columns", "key_columns"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)):
@@ -1137,6 +1286,44 @@ def collect(config: DataConfig) -> tuple[pd.DataFrame, dict]:
                 "time_column": config.time_column, "id_columns": config.id_columns, "constraints": {}, "derived": {}}
 
 
+def screen_columns(cleaned: pd.DataFrame,  # cleaned data, in its original row order
+                   target: str, task: str,
+                   time_column: str | None,
+                   given_ids: list[str],  # identifiers the user (or the flights defaults) named
+                   config: DataConfig,
+                  ) -> dict:  # {"id_columns": {column: why}, "leaks": [...], "warnings": [sentences]}
+    "Find identifier-like and leaky columns; warn about each leak (loudly: it would make every metric a lie)."
+    exclude = [target, *given_ids, *([time_column] if time_column else [])]
+    found_ids = {} if config.keep_id_columns else find_id_columns(cleaned, exclude=exclude)
+    features = [c for c in cleaned.columns if c not in exclude and c not in found_ids]
+    leaks = find_leaks(cleaned, target, task, features, config.leak_threshold, seed=config.seed)
+    messages = [f"column {name!r} looks like an identifier ({why}): not used as a feature "
+                "(keep_id_columns=True keeps it)" for name, why in found_ids.items()]
+    for leak in leaks:
+        message = (f"possible target leak: {' and '.join(map(repr, leak['columns']))} {leak['how']}; "
+                   + ("dropped (drop_leaky=True)" if config.drop_leaky else
+                      "a model using it will look perfect here and fail on new data — drop it (drop_leaky=True) "
+                      "unless it is known before the prediction is made"))
+        warnings.warn(message, DataWarning, stacklevel=2)
+        messages.append(message)
+    return {"id_columns": found_ids, "leaks": leaks, "warnings": messages}
+
+
+def dataset_record(raw: pd.DataFrame,  # the collected table, before cleaning
+                   source: str,  # where it came from
+                   schema: Schema,  # its schema (target and task)
+                  ) -> dict:  # what the registry records about the data a model was trained on
+    "The dataset's identity: source, content hash (SHA-256 over column names, types and values), shape, target, task."
+    digest = hashlib.sha256(json.dumps([[str(c), str(t)] for c, t in raw.dtypes.items()]).encode())
+    try:
+        hashes = pd.util.hash_pandas_object(raw, index=False)
+    except TypeError:  # unhashable cells (lists from JSON): hash their text
+        hashes = pd.util.hash_pandas_object(raw.astype(str), index=False)
+    digest.update(hashes.to_numpy().tobytes())
+    return {"source": source, "sha256": digest.hexdigest(), "rows": len(raw), "columns": raw.shape[1],
+            "target": schema.target, "task": schema.task, "classes": schema.classes}
+
+
 def prepare_data(run: Run,  # the run directory to write into
                  config: DataConfig | None = None,  # parameters; defaults → the embedded flights data
                 ) -> PreparedData:
@@ -1156,8 +1343,16 @@ def prepare_data(run: Run,  # the run directory to write into
         on_inf=config.on_inf, max_missing_frac=config.max_missing_frac))
     quality["source"] = source["source"]
     quality["joins"] = source["joins"]
-    schema = infer_schema(cleaned, target, config.task, time_column=time_column,
-                          id_columns=[c for c in id_columns if c in cleaned.columns])
+    task = check_target(cleaned, target, config.task)
+    screening = screen_columns(cleaned, target, task, time_column, [c for c in id_columns if c in cleaned.columns],
+                               config)
+    quality.update(screening)
+    schema = infer_schema(cleaned, target, task, time_column=time_column,
+                          id_columns=[c for c in id_columns if c in cleaned.columns] + list(screening["id_columns"]))
+    if config.drop_leaky:
+        for leak in screening["leaks"]:
+            for name in leak["columns"]:
+                schema.columns[name].role = "ignore"  # kept in the data, never a feature
     unusable = {name: expr for name, expr in derived.items() if not set(check_expression(expr)) <= set(cleaned.columns)}
     if unusable and config.derived is not None:
         raise DataError(f"derived feature(s) {sorted(unusable)} use columns the cleaned data lacks: "
@@ -1198,6 +1393,7 @@ def prepare_data(run: Run,  # the run directory to write into
         elif run.exists(relpath):
             run.remove_artifact(relpath)
     run.write_json("data/schema.json", schema.to_dict())
+    run.write_json("data/dataset.json", dataset_record(raw, source["source"], schema))
     run.write_json("data/quality.json", quality)
     run.write_json("data/splits.json", split_info)
     run.write_json("features/pipeline.json", pipeline.to_dict())

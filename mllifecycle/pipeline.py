@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -18,8 +20,9 @@ from typing import Any, Sequence
 from .core import MLLifecycleError, ParamError, new_run_id, package_dir, read_json, write_json
 
 # %% auto #0
-__all__ = ['PipelineError', 'Stage', 'notebooks_dir', 'find_stages', 'parse_value', 'load_params_file', 'default_registry',
-           'run_pipeline', 'build_parser', 'main']
+__all__ = ['STAGE_PARAMS', 'PipelineError', 'Stage', 'notebooks_dir', 'find_stages', 'job_notebook', 'parse_value',
+           'load_params_file', 'stage_values', 'check_stage_params', 'default_registry', 'run_pipeline', 'build_parser',
+           'main']
 
 # %% ../nbs/06_pipeline.ipynb #6ebdc775
 class PipelineError(MLLifecycleError):
@@ -64,6 +67,34 @@ def find_stages(folder: str | Path | None = None,  # where the notebooks are; de
         raise PipelineError(f"no stage notebooks (with a 'parameters' cell) in {folder}")
     return stages
 
+# %% ../nbs/06_pipeline.ipynb #6b1afad6
+_EXPORTED = re.compile(r"^\s*#\|\s*(export|exporti|exports|default_exp)\b")
+
+
+def _is_exported(cell) -> bool:
+    "Whether a code cell's nbdev directives (its leading `#|` lines) export it."
+    for line in cell.source.splitlines():
+        if not line.startswith("#|"):
+            return False
+        if _EXPORTED.match(line):
+            return True
+    return False
+
+
+def job_notebook(path: str | Path,  # a stage notebook
+                ):  # an nbformat notebook: prose, exported cells, then the parameters cell and every cell after it
+    "The stage notebook as a papermill job: the library's examples and tests before the `parameters` cell left out."
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    tagged = [i for i, cell in enumerate(nb.cells) if "parameters" in cell.metadata.get("tags", [])]
+    if len(tagged) != 1:
+        raise PipelineError(f"{path} needs exactly one cell tagged 'parameters', it has {len(tagged)}")
+    start = tagged[0]
+    nb.cells = [cell for i, cell in enumerate(nb.cells)
+                if i >= start or cell.cell_type == "markdown" or (cell.cell_type == "code" and _is_exported(cell))]
+    return nb
+
 # %% ../nbs/06_pipeline.ipynb #4f9b1ab0
 def parse_value(text: str) -> Any:
     "A command-line value: JSON when it parses as JSON (numbers, null, true, lists, objects), else the text itself."
@@ -92,6 +123,39 @@ def load_params_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ParamError(f"parameter file {path} must hold a mapping of name → value, not {type(params).__name__}")
     return {str(k): v for k, v in params.items()}
+
+# %% ../nbs/06_pipeline.ipynb #62198181
+STAGE_PARAMS = {"data": ("mllifecycle.data", "DataConfig"), "train": ("mllifecycle.train", "TrainParams"),
+                "validate": ("mllifecycle.validate", "ValidateParams")}  # stage → the class its job builds
+
+
+def stage_values(stage: Stage, params: dict[str, Any]) -> dict[str, Any]:
+    "The values a stage's job will run with: its notebook's defaults, overridden by `params`."
+    values = {}
+    for name, info in stage.parameters.items():
+        try:
+            values[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            raise PipelineError(f"{stage.notebook.name}: the default of {name!r} ({info['default']}) is not a "
+                                "literal; parameters cells hold plain values") from None
+    values.update({k: v for k, v in params.items() if k in stage.parameters})
+    return values
+
+
+def check_stage_params(stage: Stage, params: dict[str, Any]):
+    "Build the stage's parameter class from its values, so a bad value fails now with the class's own error."
+    import dataclasses
+    import importlib
+
+    if stage.name not in STAGE_PARAMS:
+        return None
+    module, name = STAGE_PARAMS[stage.name]
+    cls = getattr(importlib.import_module(module), name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    try:
+        return cls(**{k: v for k, v in stage_values(stage, params).items() if k in fields and k != "run_dir"})
+    except TypeError as e:  # a value of a type the class cannot even compare
+        raise ParamError(f"stage '{stage.name}': {e}") from None
 
 # %% ../nbs/06_pipeline.ipynb #d6f99377
 def default_registry(runs_root: str | Path = "runs") -> Path:
@@ -136,6 +200,8 @@ def run_pipeline(params: dict[str, Any] | None = None,  # stage parameters, e.g.
         value = params.get(key)
         if isinstance(value, str) and "://" not in value:
             params[key] = str(Path(value).expanduser().resolve())
+    for stage in available:  # every value checked before anything is written
+        check_stage_params(stage, params)
 
     run_path = Path(run_dir) if run_dir is not None else Path(runs_root) / new_run_id()
     run_path = run_path.expanduser().resolve()
@@ -148,7 +214,7 @@ def run_pipeline(params: dict[str, Any] | None = None,  # stage parameters, e.g.
         entry = {"stage": stage.name, "notebook": f"report/{stage.notebook.name}"}
         record["stages"].append(entry)
         try:
-            papermill.execute_notebook(str(stage.notebook), str(report / stage.notebook.name),
+            papermill.execute_notebook(job_notebook(stage.notebook), str(report / stage.notebook.name),
                                        parameters=_stage_parameters(stage, params, run_path), kernel_name=kernel,
                                        progress_bar=False, log_output=log_output, cwd=str(Path.cwd()),
                                        extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no kernel chatter on stderr
@@ -198,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument("version", help="a version number, or an alias such as challenger")
             action.add_argument("--check-run", metavar="RUN_DIR",
                                 help="refuse unless the version fits this run's data schema")
+            action.add_argument("--force", action="store_true",
+                                help="promote a model of another target, task or schema than the champion's "
+                                     "(recorded in the history)")
         if name != "list":
             action.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
             action.add_argument("--reason", default="", help="recorded in the registry's history")
@@ -252,7 +321,7 @@ def _registry(args) -> int:
         if args.json:
             print(json.dumps(to_jsonable(table.to_dict(orient="records")), indent=2))
         elif len(table):
-            print(table.drop(columns=["source_run"]).to_string(index=False))
+            print(table.drop(columns=["source_run", "data_sha256"]).to_string(index=False))
         else:
             print(f"registry {root} holds no versions")
         return 0
@@ -260,7 +329,7 @@ def _registry(args) -> int:
         schema = None
         if args.check_run:
             schema = Schema.from_dict(Run(Path(args.check_run).expanduser().resolve()).read_json("data/schema.json"))
-        entry = registry.promote(args.version, args.alias, schema=schema, reason=args.reason)
+        entry = registry.promote(args.version, args.alias, schema=schema, reason=args.reason, force=args.force)
     else:
         entry = registry.rollback(args.alias, reason=args.reason)
     print(f"{entry['alias']}: version {entry['previous']} → {entry['version']}")

@@ -25,10 +25,10 @@ from .train import (
     MODEL_FORMAT, PIPELINE, check_features, check_model_name, load_model, model_config, trained_pipeline)
 
 # %% auto #0
-__all__ = ['SCHEMA', 'SKLEARN_FORMAT', 'TRUSTED_SKLEARN_TYPES', 'MAX_HGB_CATEGORIES', 'REGISTRY_FORMAT', 'PACKAGE_FORMAT',
-           'RegistryError', 'features_matrix', 'categorical_mask', 'sklearn_scores', 'save_sklearn_model',
-           'load_sklearn_model', 'Predictions', 'as_frame', 'Predictor', 'load_predictor', 'schema_differences',
-           'Registry']
+__all__ = ['SCHEMA', 'DATASET', 'SKLEARN_FORMAT', 'TRUSTED_SKLEARN_TYPES', 'MAX_HGB_CATEGORIES', 'REGISTRY_FORMAT',
+           'PACKAGE_FORMAT', 'RegistryError', 'features_matrix', 'categorical_mask', 'sklearn_scores',
+           'save_sklearn_model', 'load_sklearn_model', 'Predictions', 'as_frame', 'Predictor', 'load_predictor',
+           'schema_differences', 'Registry']
 
 # %% ../nbs/03_registry.ipynb #d472afb8
 class RegistryError(MLLifecycleError):
@@ -36,6 +36,7 @@ class RegistryError(MLLifecycleError):
 
 
 SCHEMA = "data/schema.json"  # the data's schema, inside a run or a registry package
+DATASET = "data/dataset.json"  # the data's identity: source, content hash, target, task
 SKLEARN_FORMAT = "mllifecycle.sklearn/1"
 # Types a HistGradientBoosting model needs beyond skops' built-in safe list; anything else is refused on load.
 TRUSTED_SKLEARN_TYPES = ("functools.partial", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -351,9 +352,11 @@ class Registry:
         if model_file is None:
             raise RegistryError(f"{folder}/config.json describes no model format mllifecycle can register")
         files = [f"{folder}/config.json", f"{folder}/{model_file}", PIPELINE, SCHEMA]
-        files += [f"{folder}/history.json"] if run.exists(f"{folder}/history.json") else []
+        files += [path for path in (f"{folder}/history.json", DATASET) if run.exists(path)]
         sources = {relpath: run.artifact(relpath) for relpath in files}  # verified before anything is copied
         kind = config["kind"]
+        schema = Schema.from_dict(run.read_json(SCHEMA))
+        dataset = run.read_json(DATASET) if DATASET in sources else {"source": None, "sha256": None}
         with self._lock():
             self._versions_dir.mkdir(parents=True, exist_ok=True)
             for stale in self._versions_dir.glob(".staging-*"):  # left by a crash; no one else holds the lock
@@ -369,6 +372,7 @@ class Registry:
                 "format": PACKAGE_FORMAT, "version": version, "name": name, "kind": kind,
                 "family": "torch" if config["format"] == MODEL_FORMAT else "sklearn", "classes": config["classes"],
                 "threshold": threshold, "model_file": f"{folder}/{model_file}", "created": _now(),
+                "target": schema.target, "task": schema.task, "dataset": dataset,
                 "source_run": str(run.path), **(notes or {})})
             for path in staging.rglob("*"):
                 if path.is_file():
@@ -376,11 +380,13 @@ class Registry:
             os.rename(staging, self._versions_dir / str(version))  # the version appears whole, or not at all
         return version
 
-    def _move_alias(self, alias: str, version: int, action: str, reason: str) -> dict:
+    def _move_alias(self, alias: str, version: int, action: str, reason: str, forced: list | None = None) -> dict:
         "Point `alias` at `version`: one atomic rewrite of registry.json (call with the lock held)."
         state = self.state()
         entry = {"action": action, "alias": alias, "version": version, "previous": state["aliases"].get(alias),
                  "at": _now(), "reason": reason}
+        if forced:
+            entry["forced_over"] = forced  # the differences from the champion that the caller chose to override
         state["aliases"][alias] = version
         if alias == "champion" and state["aliases"].get("challenger") == version:
             del state["aliases"]["challenger"]  # a promoted challenger is no longer challenging
@@ -388,12 +394,27 @@ class Registry:
         write_json(self.root / "registry.json", state)  # temp file + rename: the only step that moves a pointer
         return entry
 
+    def mismatch(self, ref: int | str,  # a version
+                 other: int | str = "champion",  # the version it would replace (default: the champion)
+                ) -> list[str]:  # what differs; empty when `ref` can serve what `other` serves
+        "Why version `ref` cannot take over from `other`: another target, task, classes or input columns."
+        try:
+            current = self.resolve(other)
+        except RegistryError:
+            return []  # nothing to take over from
+        version = self.resolve(ref)
+        if version == current:
+            return []
+        schema = Schema.from_dict(self.package(version).read_json(SCHEMA))
+        return schema_differences(schema, Schema.from_dict(self.package(current).read_json(SCHEMA)))
+
     def promote(self, ref: int | str,  # the version to promote (number or alias)
                 alias: str = "champion",  # the alias to point at it
                 schema: Schema | None = None,  # refuse unless the version can take data of this schema
                 reason: str = "",  # recorded in the history
+                force: bool = False,  # promote even when it differs from the champion's target, task or schema
                ) -> dict:  # the history entry
-        "Point `alias` at a verified version (atomically)."
+        "Point `alias` at a verified version (atomically); refuse a model of another target, task or schema."
         if not isinstance(alias, str) or not _ALIAS.match(alias):
             raise RegistryError(f"alias {alias!r} must be lower-case letters, digits, '_' or '-', starting with a "
                                 "letter (e.g. champion, challenger)")
@@ -404,7 +425,12 @@ class Registry:
                 problems = schema_differences(Schema.from_dict(self.package(version).read_json(SCHEMA)), schema)
                 if problems:
                     raise RegistryError(f"version {version} does not fit the data's schema: " + "; ".join(problems))
-            return self._move_alias(alias, version, "promote", reason)
+            overridden = self.mismatch(version)
+            if overridden and not force:
+                raise RegistryError(f"version {version} is a model of other data than the champion (version "
+                                    f"{self.resolve('champion')}): " + "; ".join(overridden) + ". Use a registry of "
+                                    "its own, or force the promotion (--force) if it should replace the champion")
+            return self._move_alias(alias, version, "promote", reason, forced=overridden)
 
     def alias_stack(self, alias: str = "champion") -> list[int]:
         "The versions `alias` has pointed at, oldest first, with rolled-back ones removed: the last is current."
@@ -435,10 +461,13 @@ class Registry:
                 manifest = read_json(self._versions_dir / str(version) / "manifest.json")
             except ArtifactError:
                 manifest = {"name": "(unreadable manifest)"}
-            metric = manifest.get("metric") or {}
+            metric, dataset = manifest.get("metric") or {}, manifest.get("dataset") or {}
             rows.append({"version": version, "name": manifest.get("name"), "family": manifest.get("family"),
-                         "kind": manifest.get("kind"), "metric": metric.get("name"), "value": metric.get("value"),
+                         "kind": manifest.get("kind"), "target": manifest.get("target"),
+                         "dataset": Path(dataset["source"]).name if dataset.get("source") else None,
+                         "data_sha256": (dataset.get("sha256") or "")[:12] or None,
+                         "metric": metric.get("name"), "value": metric.get("value"),
                          "aliases": ",".join(a for a, v in aliases.items() if v == version),
                          "created": manifest.get("created"), "source_run": manifest.get("source_run")})
-        return pd.DataFrame(rows, columns=["version", "name", "family", "kind", "metric", "value", "aliases",
-                                           "created", "source_run"])
+        return pd.DataFrame(rows, columns=["version", "name", "family", "kind", "target", "dataset", "data_sha256",
+                                           "metric", "value", "aliases", "created", "source_run"])

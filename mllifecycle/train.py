@@ -29,14 +29,14 @@ from .core import (
 from .data import DataError, Features, FeaturePipeline, load_prepared
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULES', 'ACTIVATIONS', 'NORMS', 'METRICS', 'TASK_METRICS', 'CHECKPOINT_FORMAT', 'MODEL_FORMAT',
-           'PIPELINE', 'DEFAULT_SEARCH_SPACE', 'TrainError', 'TrainingInterrupted', 'TrainConfig', 'ModelConfig',
-           'TabularMLP', 'DeviceData', 'task_kind', 'check_features', 'device_data', 'make_loss', 'resolve_metric',
-           'output_scores', 'compute_metric', 'learning_rate', 'save_checkpoint', 'load_checkpoint', 'TrainResult',
-           'distributed', 'init_distributed', 'predict_outputs', 'fit', 'check_model_name', 'plot_history',
-           'save_model', 'TrainedModel', 'model_config', 'load_model', 'trained_pipeline', 'parse_search_space',
-           'suggest', 'open_storage', 'tune', 'plot_study', 'save_study', 'TrainParams', 'TrainStageResult',
-           'train_stage']
+__all__ = ['OPTIMIZERS', 'SCHEDULES', 'ACTIVATIONS', 'NORMS', 'METRICS', 'TASK_METRICS', 'CHECKPOINT_FORMAT', 'MIN_BATCH_SIZE',
+           'MIN_EPOCH_STEPS', 'MODEL_FORMAT', 'PIPELINE', 'DEFAULT_SEARCH_SPACE', 'TrainError', 'TrainingInterrupted',
+           'TrainConfig', 'ModelConfig', 'TabularMLP', 'DeviceData', 'task_kind', 'check_features', 'device_data',
+           'make_loss', 'resolve_metric', 'output_scores', 'compute_metric', 'learning_rate', 'save_checkpoint',
+           'load_checkpoint', 'TrainResult', 'distributed', 'init_distributed', 'predict_outputs', 'batch_size_for',
+           'fit', 'check_model_name', 'plot_history', 'save_model', 'TrainedModel', 'model_config', 'load_model',
+           'trained_pipeline', 'parse_search_space', 'suggest', 'open_storage', 'tune', 'plot_study', 'save_study',
+           'TrainParams', 'TrainStageResult', 'train_stage']
 
 # %% ../nbs/02_train.ipynb #1b0978ce
 class TrainError(MLLifecycleError):
@@ -457,11 +457,26 @@ def predict_outputs(model: nn.Module, data: DeviceData, batch_size: int = 65536,
     return torch.cat(outputs) if outputs else torch.empty(0, model.config.n_outputs)
 
 # %% ../nbs/02_train.ipynb #9eded55a
+MIN_BATCH_SIZE = 16  # the smallest batch the rule below picks
+MIN_EPOCH_STEPS = 16  # an epoch takes at least this many optimiser steps
+
+
+def batch_size_for(n_rows: int,  # training rows (per process)
+                   batch_size: int,  # the configured rows per step
+                  ) -> int:  # rows per step for this many rows
+    "Halve `batch_size` (not below 16) until one pass over `n_rows` takes at least `MIN_EPOCH_STEPS` steps."
+    batch = batch_size
+    while batch // 2 >= MIN_BATCH_SIZE and math.ceil(n_rows / batch) < MIN_EPOCH_STEPS:
+        batch //= 2
+    return batch
+
+
 @dataclass
 class _Plan:
     "How one process walks through an epoch."
-    rows: int  # training rows per process per epoch
+    rows: int  # training rows per process per epoch (passes × its share of the split)
     batch: int  # rows per step on this process
+    passes: int  # passes over the split per epoch (more than one only for small splits)
     steps: int  # steps per epoch
     total_steps: int  # steps over all epochs (the learning-rate schedule's length)
 
@@ -471,14 +486,18 @@ class _Plan:
 
 
 def _plan(n_rows: int, config: TrainConfig, world: int) -> _Plan:
-    rows, batch = n_rows // world, max(1, config.batch_size // world)
+    "Batch and steps for `n_rows`: a small split gets smaller batches, then several passes per epoch."
+    share = n_rows // world
+    batch = batch_size_for(share, max(1, config.batch_size // world))
+    passes = max(1, math.ceil(MIN_EPOCH_STEPS / max(1, math.ceil(share / batch))))
+    rows = share * passes
     steps = math.ceil(rows / batch)
     if config.norm == "batch" and rows % batch == 1:
         steps -= 1  # a batch of one row has no batch statistics: leave that row out this epoch
     if steps < 1:
         raise DataError(f"the training split has {n_rows} rows, too few for batch normalisation; "
                         "use norm='layer' or more data")
-    return _Plan(rows=rows, batch=batch, steps=steps, total_steps=config.epochs * steps)
+    return _Plan(rows=rows, batch=batch, passes=passes, steps=steps, total_steps=config.epochs * steps)
 
 
 @dataclass
@@ -518,12 +537,12 @@ def _resume(checkpoint: Path, fingerprint: dict, model: nn.Module, optimizer) ->
 
 def _train_epoch(network: nn.Module, optimizer, loss_fn: nn.Module, config: TrainConfig, data: DeviceData,
                  plan: _Plan, epoch: int, amp: bool, stop: _StopOnSignal) -> tuple[torch.Tensor, float]:
-    "One pass over this process's share of the epoch's permutation; returns (summed loss on the device, last lr)."
+    "One epoch: this process's share of the epoch's permutation(s); returns (summed loss on the device, last lr)."
     rank, world = distributed()
     device = data.numeric.device
     torch.manual_seed(_epoch_seed(config.seed, epoch))  # dropout
     generator = torch.Generator(device=device).manual_seed(_epoch_seed(config.seed, epoch))
-    order = torch.randperm(len(data), generator=generator, device=device)
+    order = torch.cat([torch.randperm(len(data), generator=generator, device=device) for _ in range(plan.passes)])
     if world > 1:
         order = order[rank::world][:plan.rows]
     numeric, categorical, target = data.numeric[order], data.categorical[order], data.target[order]  # one gather

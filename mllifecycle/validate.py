@@ -19,20 +19,21 @@ import torch
 from .core import ArtifactError, MLLifecycleError, ParamError, Run, check_seed, choose_device, open_run
 from .data import DataError, FeaturePipeline, Features, Schema, load_prepared
 from .registry import (
-    Predictor, Registry, RegistryError, categorical_mask, features_matrix, load_predictor, save_sklearn_model,
+    Predictions, Predictor, Registry, RegistryError, categorical_mask, features_matrix, load_predictor, save_sklearn_model,
     schema_differences, sklearn_scores)
 from mllifecycle.train import (
     TrainConfig, TrainParams, TrainedModel, _choice, _integer, _number, fit, model_config, save_model, task_kind,
     train_stage)
 
 # %% auto #0
-__all__ = ['DIRECTIONS', 'PRIMARY_METRICS', 'ECE_BINS', 'THRESHOLD_RULES', 'CV_METHODS', 'CANDIDATES', 'PROMOTE_MODES',
-           'ValidationError', 'resolve_primary', 'classification_metrics', 'regression_metrics', 'evaluate',
-           'choose_threshold', 'slice_metrics', 'paired_bootstrap', 'point_metric', 'mcnemar', 'compare_models',
-           'cv_splits', 'Candidate', 'make_estimator', 'fit_candidate', 'cross_validate', 'SelectionPolicy',
-           'generalisation_gap', 'select_model', 'plot_roc', 'plot_precision_recall', 'reliability', 'plot_reliability',
-           'plot_threshold', 'plot_confusion', 'plot_residuals', 'plot_slices', 'plot_comparison', 'measure_latency',
-           'ValidateParams', 'ValidateStageResult', 'validate_stage']
+__all__ = ['DIRECTIONS', 'PRIMARY_METRICS', 'ECE_BINS', 'THRESHOLD_RULES', 'CV_METHODS', 'CANDIDATES', 'LATENCY_BATCH_ROWS',
+           'PROMOTE_MODES', 'ValidationError', 'resolve_primary', 'classification_metrics', 'regression_metrics',
+           'evaluate', 'trivial_scores', 'choose_threshold', 'slice_metrics', 'paired_bootstrap', 'point_metric',
+           'mcnemar', 'compare_models', 'cv_splits', 'Candidate', 'make_estimator', 'fit_candidate', 'OutOfFold',
+           'cross_validate', 'SelectionPolicy', 'generalisation_gap', 'select_model', 'plot_roc',
+           'plot_precision_recall', 'reliability', 'plot_reliability', 'plot_threshold', 'plot_confusion',
+           'plot_residuals', 'plot_slices', 'plot_comparison', 'measure_latency', 'ValidateParams',
+           'ValidateStageResult', 'reported_figure', 'check_package', 'validate_stage']
 
 # %% ../nbs/03_validate.ipynb #e1e84791
 class ValidationError(MLLifecycleError):
@@ -144,6 +145,18 @@ def evaluate(target: np.ndarray, scores: np.ndarray, kind: str, classes: list | 
     if kind == "regression":
         return regression_metrics(target, scores, split)
     return classification_metrics(target, scores, classes, threshold, split)
+
+# %% ../nbs/03_validate.ipynb #58dd6f22
+def trivial_scores(train_target: np.ndarray,  # encoded training target
+                   n_rows: int,  # rows to score
+                   kind: str,  # "binary", "multiclass" or "regression"
+                   n_classes: int | None = None,  # classification: the number of classes
+                  ) -> np.ndarray:  # scores in the shape `evaluate` takes
+    "Scores of a model that ignores the features: the training class shares, or the training mean."
+    if kind == "regression":
+        return np.full(n_rows, float(np.mean(train_target)))
+    shares = np.bincount(np.asarray(train_target, dtype=np.int64), minlength=n_classes) / len(train_target)
+    return np.full(n_rows, shares[1]) if kind == "binary" else np.tile(shares, (n_rows, 1))
 
 # %% ../nbs/03_validate.ipynb #3a17c240
 THRESHOLD_RULES = ("f1", "youden")
@@ -379,8 +392,9 @@ class Candidate:
 CANDIDATES = {
     "mlp": Candidate("mlp", "torch", "the tuned network from the training stage"),
     "mlp_small": Candidate("mlp_small", "torch", "a small network: one hidden layer of 32 units",
-                           {"width": 32, "depth": 1}),
-    "linear": Candidate("linear", "torch", "a linear model over the same features", {"depth": 0, "dropout": 0.0}),
+                           {"width": 32, "depth": 1, "lr": 1e-2}),
+    "linear": Candidate("linear", "torch", "a linear model over the same features",
+                        {"depth": 0, "dropout": 0.0, "lr": 3e-2}),  # convex: a larger step converges, and safely
     "hgb": Candidate("hgb", "sklearn", "scikit-learn's HistGradientBoosting",
                      {"max_iter": 300, "learning_rate": 0.1, "early_stopping": True, "n_iter_no_change": 10}),
 }
@@ -424,6 +438,22 @@ def _inner_split(train_rows: np.ndarray, method: str, seed: int, frac: float = 0
     return np.sort(shuffled[n_stop:]), np.sort(shuffled[:n_stop])
 
 
+@dataclass
+class OutOfFold:
+    "Every candidate's scores on the development rows, each row scored by the fold model that did not train on it."
+    rows: np.ndarray  # positions in the development frame (rows of skipped or training-only folds are absent)
+    target: np.ndarray  # the encoded target of those rows
+    scores: dict[str, np.ndarray]  # candidate → scores, in the same order
+    thresholds: dict[str, np.ndarray]  # candidate → the decision threshold its fold chose, per row (binary)
+
+    def __len__(self):
+        return len(self.rows)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
 def cross_validate(frame: pd.DataFrame,  # development rows (training + validation)
                    schema: Schema,
                    pipeline_settings: dict,  # `FeaturePipeline.to_dict()["settings"]`: refitted in each fold
@@ -431,11 +461,12 @@ def cross_validate(frame: pd.DataFrame,  # development rows (training + validati
                    k: int = 3, method: str = "auto",
                    epochs: int = 10, device: str = "auto", seed: int = 0,
                    threshold_rule: str | float = "f1",
-                  ) -> dict:  # {"method", "folds", "models": {name: {"folds": [...], "mean": {...}, "std": {...}}}}
+                  ) -> tuple[dict, OutOfFold]:  # per-fold and mean ± std metrics (for cv.json); out-of-fold scores
     "k-fold cross-validation of every candidate, the feature pipeline refitted per fold."
     method, folds = cv_splits(frame, schema, k, method, seed)
     results = {c.name: [] for c in candidates}
-    skipped = []
+    skipped, positions, targets = [], [], []
+    scores, thresholds = {c.name: [] for c in candidates}, {c.name: [] for c in candidates}
     for fold, (train_rows, test_rows) in enumerate(folds):
         fit_rows, stop_rows = _inner_split(train_rows, method, seed + fold)
         pipeline = FeaturePipeline(**pipeline_settings).fit(frame.iloc[fit_rows])
@@ -445,12 +476,17 @@ def cross_validate(frame: pd.DataFrame,  # development rows (training + validati
             continue
         fit_f, stop_f, test_f = (pipeline.transform(frame.iloc[rows]) for rows in (fit_rows, stop_rows, test_rows))
         kind = task_kind(classes)
+        positions.append(test_rows)
+        targets.append(test_f.target)
         for candidate in candidates:
             scorer, _ = fit_candidate(candidate, fit_f, stop_f, classes, epochs, device, seed)
             threshold = 0.5
             if kind == "binary":
                 threshold = choose_threshold(stop_f.target, scorer(stop_f), threshold_rule)["threshold"]
-            m = evaluate(test_f.target, scorer(test_f), kind, classes, threshold, split=f"fold {fold + 1} test")
+            fold_scores = scorer(test_f)
+            scores[candidate.name].append(fold_scores)
+            thresholds[candidate.name].append(np.full(len(test_rows), threshold))
+            m = evaluate(test_f.target, fold_scores, kind, classes, threshold, split=f"fold {fold + 1} test")
             scalars = {key: value for key, value in m.items() if isinstance(value, float)}
             results[candidate.name].append({"fold": fold + 1, "train_rows": len(fit_rows),
                                             "early_stopping_rows": len(stop_rows), "test_rows": len(test_rows),
@@ -460,8 +496,11 @@ def cross_validate(frame: pd.DataFrame,  # development rows (training + validati
         table = pd.DataFrame(rows).drop(columns=["fold", "train_rows", "early_stopping_rows", "test_rows"],
                                         errors="ignore")
         models[name] = {"folds": rows, "mean": table.mean().to_dict(), "std": table.std(ddof=1).to_dict()}
+    oof = OutOfFold(rows=_joined(positions).astype(np.int64), target=_joined(targets),
+                    scores={n: _joined(s) for n, s in scores.items()},
+                    thresholds={n: _joined(t) for n, t in thresholds.items()})
     return {"method": method, "k": len(folds), "development_rows": len(frame), "skipped_folds": skipped,
-            "models": models}
+            "out_of_fold_rows": len(oof), "models": models}, oof
 
 # %% ../nbs/03_validate.ipynb #a31a03e7
 @dataclass
@@ -469,24 +508,33 @@ class SelectionPolicy:
     "How the winner is chosen: the primary metric, then gap, latency and size, each with a limit."
     metric: str  # the primary metric
     tolerance: float = 0.001  # candidates within this of the best metric are tied
-    max_gap: float | None = 0.2  # generalisation gap limit (None: no limit)
-    max_latency_ms: float | None = 1.0  # per row, batch scoring through the predict interface (None: no limit)
+    max_gap: float | None = None  # generalisation gap limit, scale-free (see `generalisation_gap`; None: none)
+    max_latency_ms: float | None = 1.0  # per row on a 256-row batch through the predict interface (None: no limit)
     max_size_mb: float | None = 200.0  # model file size limit (None: no limit)
+    split: str = "valid"  # the split whose figures the table holds: they choose (never "test")
 
     def __post_init__(self):
         if self.metric not in DIRECTIONS:
             raise ParamError(f"unknown primary metric {self.metric!r}; expected one of {list(DIRECTIONS)}")
         self.tolerance = _number("tolerance", self.tolerance)
+        if self.split == "test":
+            raise ParamError("the test split reports the chosen model's figure; choosing on it would bias that figure")
         for name in ("max_gap", "max_latency_ms", "max_size_mb"):
             if getattr(self, name) is not None:
                 setattr(self, name, _number(name, getattr(self, name)))
 
 
-def generalisation_gap(metric: str, train_value: float, test_value: float) -> float:
-    "How much better the model does on its training rows than on the test rows (relative for error metrics)."
-    if DIRECTIONS[metric] == "maximize":
-        return train_value - test_value
-    return (test_value - train_value) / max(abs(train_value), 1e-12)
+def generalisation_gap(metric: str,  # the primary metric
+                       train_value: float,  # the metric on the training rows
+                       valid_value: float,  # the metric on the rows the selection uses
+                       trivial_value: float | None = None,  # error metrics: the trivial predictor's error there
+                      ) -> float:  # how much better the model looks on its training rows; scale-free
+    "How much better a model does on its training rows than on held-out rows, on a scale that holds for every metric."
+    if DIRECTIONS[metric] == "maximize":  # AUROC, accuracy and R² are already on one scale: differences of shares
+        return train_value - valid_value
+    if trivial_value is None or not trivial_value > 0:
+        raise ValidationError(f"the gap in {metric} needs the trivial predictor's {metric} (> 0) as its unit")
+    return (valid_value - train_value) / trivial_value  # the extra error, as a share of predicting the mean
 
 
 def select_model(table: pd.DataFrame,  # `compare_models` plus gap, latency_ms_per_row and size_mb columns
@@ -504,14 +552,14 @@ def select_model(table: pd.DataFrame,  # `compare_models` plus gap, latency_ms_p
                                                             policy.max_latency_ms),
             ("size_mb", "size (MB)", policy.max_size_mb)) if limit is not None and row[column] > limit]
         if not math.isfinite(row[metric]):
-            broken.append(f"{metric} is undefined on the test split")
+            broken.append(f"{metric} is undefined on the {policy.split} split")
         candidates[name] = {**facts, "status": "out" if broken else "eligible",
                             "reason": "outside the limits: " + "; ".join(broken) if broken else ""}
         if not broken:
             eligible.append(name)
     if not eligible:
         return {"winner": None, "metric": metric, "policy": asdict(policy), "candidates": candidates,
-                "reason": "no candidate has a defined test metric within the policy's limits"}
+                "reason": f"no candidate has a defined {policy.split} metric within the policy's limits"}
     best_value = max(sign * rows.loc[name, metric] for name in eligible)
     tied = [name for name in eligible if best_value - sign * rows.loc[name, metric] <= policy.tolerance]
     ranked = sorted(tied, key=lambda n: (rows.loc[n, "gap"], rows.loc[n, "latency_ms_per_row"], rows.loc[n, "size_mb"]))
@@ -542,9 +590,9 @@ def select_model(table: pd.DataFrame,  # `compare_models` plus gap, latency_ms_p
     candidates[winner].update(status="selected", reason="")
     others = [n for n in eligible if n != winner]
     runner_up = max(others, key=lambda n: sign * rows.loc[n, metric]) if others else None
-    reason = f"best test {metric} ({w[metric]:.4f}) among the candidates within the limits"
+    reason = f"best {policy.split} {metric} ({w[metric]:.4f}) among the candidates within the limits"
     if len(tied) > 1:
-        reason = f"tied on test {metric} ({w[metric]:.4f}) with {', '.join(n for n in tied if n != winner)}, and " \
+        reason = f"tied on {policy.split} {metric} ({w[metric]:.4f}) with {', '.join(n for n in tied if n != winner)}, and " \
                  "first on the tie-breakers (gap, latency, size)"
     if runner_up is not None and rows.loc[runner_up, "reference"] == winner:
         r = rows.loc[runner_up]
@@ -681,10 +729,10 @@ def plot_slices(slices: pd.DataFrame, metric: str, overall: float, name: str = "
     return figure
 
 
-def plot_comparison(table: pd.DataFrame, metric: str, winner: str | None = None):
-    "Each candidate's test metric with its bootstrap interval; the winner highlighted."
+def plot_comparison(table: pd.DataFrame, metric: str, winner: str | None = None, split: str = "validation"):
+    "Each candidate's metric on the split that chooses, with its bootstrap interval; the winner highlighted."
     shown = table.iloc[::-1]
-    figure, axis = _figure(f"Candidates on the test split ({metric})",
+    figure, axis = _figure(f"Candidates on the {split} split ({metric})",
                            f"{metric} (bars: bootstrap interval; red: selected)", "model", (6.0, 0.5 * len(shown) + 1.6))
     errors = np.vstack([shown[metric] - shown["ci_low"], shown["ci_high"] - shown[metric]])
     colors = ["C3" if model == winner else "C0" for model in shown["model"]]
@@ -694,13 +742,24 @@ def plot_comparison(table: pd.DataFrame, metric: str, winner: str | None = None)
     return figure
 
 # %% ../nbs/03_validate.ipynb #73bdfb22
-def measure_latency(predictor: Predictor, frame: pd.DataFrame, repeats: int = 3, single_calls: int = 20) -> dict:
-    "Milliseconds per row when scoring `frame` at once (best of `repeats`), and per single-record call (median)."
-    batch = min(_timed(predictor.predict, frame) for _ in range(repeats))
-    records = frame.head(single_calls)
+LATENCY_BATCH_ROWS = 256  # every candidate is timed on a batch of this many rows
+
+
+def measure_latency(predictor: Predictor,  # the model, through the interface serving will call
+                    frame: pd.DataFrame,  # raw rows to draw the batch from (the test split)
+                    batch_rows: int = LATENCY_BATCH_ROWS,  # rows per timed batch, the same for every candidate
+                    repeats: int = 7,  # timed batch calls; the median is kept
+                    single_calls: int = 20,  # timed one-record calls; the median is kept
+                    seed: int = 0,
+                   ) -> dict:
+    "Milliseconds per row on a fixed-size batch and per single-record call: medians over repeats, after a warm-up."
+    batch = frame.sample(n=batch_rows, replace=len(frame) < batch_rows, random_state=seed)
+    predictor.predict(batch)  # warm-up: lazy imports, caches, thread pools
+    timed = [_timed(predictor.predict, batch) for _ in range(repeats)]
+    records = batch.head(single_calls)
     single = [_timed(predictor.predict, records.iloc[[i]]) for i in range(len(records))]
-    return {"latency_ms_per_row": 1000 * batch / len(frame), "latency_ms_single": 1000 * float(np.median(single)),
-            "rows": len(frame)}
+    return {"latency_ms_per_row": 1000 * float(np.median(timed)) / batch_rows,
+            "latency_ms_single": 1000 * float(np.median(single)), "batch_rows": batch_rows, "repeats": repeats}
 
 
 def _timed(call, argument) -> float:
@@ -728,7 +787,7 @@ class ValidateParams:
     n_bootstrap: int = 1000  # paired bootstrap resamples
     confidence: float = 0.95  # of the bootstrap intervals
     tolerance: float = 0.001  # selection: metric differences this small are ties
-    max_gap: float | None = 0.2  # selection: generalisation gap limit
+    max_gap: float | None = None  # selection: generalisation gap limit (scale-free; None: none, a tie-breaker)
     max_latency_ms: float | None = 1.0  # selection: milliseconds per row limit
     max_size_mb: float | None = 200.0  # selection: model size limit
     min_slice_rows: int = 100  # slices with fewer test rows are not ranked
@@ -803,6 +862,13 @@ def _decide_promotion(registry: Registry, version: int, params: ValidateParams, 
     except RegistryError:
         champion = None
     decision = {"version": version, "champion_before": champion, "metric": metric, "value": value}
+    other_data = registry.mismatch(version) if champion is not None else []
+    if other_data and params.promote != "always":
+        decision.update(alias=None, reason=(
+            f"not promoted: the champion (version {champion}) is a model of other data ({'; '.join(other_data)}); "
+            f"give this dataset a registry of its own (-p registry_dir DIR), or replace the champion with "
+            f"`mllifecycle registry promote {version} --force`"))
+        return decision
     promote, why = params.promote == "always", "promote='always'"
     if params.promote == "never":
         why = "promote='never'"
@@ -811,21 +877,18 @@ def _decide_promotion(registry: Registry, version: int, params: ValidateParams, 
     elif params.promote == "auto":
         try:
             current = registry.load("champion")
-            problems = schema_differences(current.schema, schema)
-            if problems:
-                why = f"the champion (version {champion}) was trained on another schema: " + "; ".join(problems)
-            else:
-                per_row = _per_row(metric, current.kind, test_target, current.scores(current.features(test_frame)),
-                                   current.threshold)
-                old = point_metric(metric, test_target, per_row)
-                gain = (value - old) * (1 if DIRECTIONS[metric] == "maximize" else -1)
-                decision["champion_value"] = old
-                promote = gain > params.promote_margin
-                why = (f"test {metric} {value:.4f} vs the champion's {old:.4f} on the same rows: "
-                       f"{'better' if promote else 'not better'} by more than {params.promote_margin:g}")
+            per_row = _per_row(metric, current.kind, test_target, current.scores(current.features(test_frame)),
+                               current.threshold)
+            old = point_metric(metric, test_target, per_row)
+            gain = (value - old) * (1 if DIRECTIONS[metric] == "maximize" else -1)
+            decision["champion_value"] = old
+            promote = gain > params.promote_margin
+            why = (f"test {metric} {value:.4f} vs the champion's {old:.4f} on the same rows: "
+                   f"{'better' if promote else 'not better'} by more than {params.promote_margin:g}")
         except (ArtifactError, DataError) as e:
             promote, why = True, f"the champion (version {champion}) cannot be used: {e}"
-    entry = registry.promote(version, "champion" if promote else "challenger", schema=schema, reason=why)
+    entry = registry.promote(version, "champion" if promote else "challenger", schema=schema, reason=why,
+                             force=params.promote == "always")
     decision.update(alias=entry["alias"], reason=why)
     return decision
 
@@ -855,32 +918,101 @@ def _score(run: Run, names: list[str], features: dict[str, Features], kind: str,
     return _Scored(predictors, scores, thresholds, info, metrics)
 
 
+def _value(metric: str, kind: str, target: np.ndarray, scores: np.ndarray, threshold: float | None = None) -> float:
+    "The primary metric of some scores, by the bootstrap's own formula."
+    return point_metric(metric, target, _per_row(metric, kind, target, scores, 0.5 if threshold is None else threshold))
+
+
+@dataclass
+class _Choosing:
+    "The rows whose figures choose the winner, and every candidate's scores on them."
+    split: str  # "cv": out-of-fold development rows; "valid": the validation split
+    target: np.ndarray
+    scores: dict[str, np.ndarray]
+    thresholds: dict[str, Any]  # binary: a threshold per candidate (per row for out-of-fold scores)
+
+
+def _choosing_rows(scored: _Scored, features: dict[str, Features], oof: OutOfFold | None) -> _Choosing:
+    "Out-of-fold rows when cross-validation scored enough of them, else the validation split."
+    if oof is not None and len(oof) >= len(features["valid"].target):  # more rows to choose on
+        return _Choosing("cv", oof.target, oof.scores, oof.thresholds)
+    return _Choosing("valid", features["valid"].target, {n: s["valid"] for n, s in scored.scores.items()},
+                     scored.thresholds)
+
+
 def _comparison_table(scored: _Scored, candidates: dict[str, Candidate], features: dict[str, Features],
-                      test_rows: pd.DataFrame, kind: str, metric: str, params: ValidateParams) -> pd.DataFrame:
-    "The paired comparison on the test rows, with each candidate's gap, latency and size beside it."
+                      choosing: _Choosing, test_rows: pd.DataFrame, kind: str, classes: list | None, metric: str,
+                      params: ValidateParams) -> pd.DataFrame:
+    "The paired comparison on the rows that choose, with gap, latency and size; each test figure beside, unused."
     targets = {split: f.target for split, f in features.items()}
-    comparison = compare_models(targets["test"], {n: s["test"] for n, s in scored.scores.items()}, kind, metric,
-                                scored.thresholds, params.n_bootstrap, params.confidence, params.seed)
-    test_values = comparison.set_index("model")[metric]
+    comparison = compare_models(choosing.target, choosing.scores, kind, metric, choosing.thresholds,
+                                params.n_bootstrap, params.confidence, params.seed)
+    chosen_values = comparison.set_index("model")[metric]
+    trivial = _value(metric, kind, choosing.target,
+                     trivial_scores(targets["train"], len(choosing.target), kind, len(classes or []) or None))
     extra = []
     for name in comparison["model"]:
         predictor, threshold = scored.predictors[name], scored.thresholds.get(name)
-        train_value = point_metric(metric, targets["train"], _per_row(metric, kind, targets["train"],
-                                                                      scored.scores[name]["train"], threshold or 0.5))
-        latency = measure_latency(predictor, test_rows)
+        train_value = _value(metric, kind, targets["train"], scored.scores[name]["train"], threshold)
+        latency = measure_latency(predictor, test_rows, seed=params.seed)
         extra.append({"family": predictor.family, "description": candidates[name].description,
-                      f"train_{metric}": train_value, "gap": generalisation_gap(metric, train_value, test_values[name]),
+                      f"train_{metric}": train_value,
+                      "gap": generalisation_gap(metric, train_value, chosen_values[name], trivial),
                       "latency_ms_per_row": latency["latency_ms_per_row"],
                       "latency_ms_single": latency["latency_ms_single"], "size_mb": predictor.model_bytes / 1e6,
-                      "threshold": threshold})
+                      "threshold": threshold,
+                      f"test_{metric}": _value(metric, kind, targets["test"], scored.scores[name]["test"], threshold)})
     return pd.concat([comparison, pd.DataFrame(extra)], axis=1)
 
 
+def reported_figure(metric: str, kind: str, classes: list | None, features: dict[str, Features], scores: np.ndarray,
+                    threshold: float | None, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+    "The chosen model's one unbiased figure: its test metric with a bootstrap interval, beside the trivial predictor's."
+    target = features["test"].target
+    per_row = _per_row(metric, kind, target, scores, 0.5 if threshold is None else threshold)
+    resampled = paired_bootstrap(metric, target, {"model": per_row}, n_bootstrap, seed)["model"]
+    low, high = np.nanquantile(resampled, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    trivial = trivial_scores(features["train"].target, len(target), kind, len(classes) if classes else None)
+    return {"split": "test", "metric": metric, "value": point_metric(metric, target, per_row),
+            "ci_low": float(low), "ci_high": float(high), "confidence": confidence, "rows": len(target),
+            "trivial": _value(metric, kind, target, trivial)}
+
+
+def check_package(predictor: Predictor,  # the chosen model, loaded as it will be registered and served
+                  rows: pd.DataFrame,  # raw test rows
+                  measured: np.ndarray,  # the scores this run measured for them
+                  max_rows: int = 200,
+                 ):
+    "Raise `ValidationError` unless raw rows, as a frame and as JSON records, get the scores this run measured."
+    import json
+
+    rows, measured = rows.head(max_rows), np.asarray(measured)[:max_rows]
+    scale = float(np.abs(measured).max()) if predictor.kind == "regression" else 1.0
+    tolerance = 1e-4 * (scale or 1.0)  # float32 arithmetic, relative to the size of the scores
+
+    def served(out: Predictions) -> np.ndarray:
+        if predictor.kind == "regression":
+            return out.predictions.astype("float64")
+        return out.probabilities[:, 1] if predictor.kind == "binary" else out.probabilities
+
+    records = json.loads(rows.head(3).to_json(orient="records", date_format="iso"))  # as a JSON client sends them
+    for label, got, expected in (("a frame of raw rows", served(predictor.predict(rows)), measured),
+                                 ("JSON records", served(predictor.predict(records)), measured[:3])):
+        worst = float(np.max(np.abs(got - expected)))
+        if not worst <= tolerance:
+            raise ValidationError(
+                f"model {predictor.name!r}, scoring {label} through the predict interface, does not reproduce the "
+                f"scores this run measured (they differ by up to {worst:.3g}; allowed {tolerance:.3g}): the model or "
+                "its feature pipeline changed between measuring and packaging, so nothing was registered")
+
+
 def _figures(scored: _Scored, targets: dict[str, np.ndarray], kind: str, classes: list | None, metric: str,
-             winner: str | None, comparison: pd.DataFrame, slices: pd.DataFrame | None) -> dict:
+             winner: str | None, comparison: pd.DataFrame, slices: pd.DataFrame | None,
+             choosing_split: str = "valid") -> dict:
     "The stage's plots: curves over every candidate, then the winner's threshold, errors and slices."
     test_scores = {name: s["test"] for name, s in scored.scores.items()}
-    figures = {"comparison": plot_comparison(comparison, metric, winner)}
+    label = "out-of-fold (cross-validation)" if choosing_split == "cv" else "validation"
+    figures = {"comparison": plot_comparison(comparison, metric, winner, split=label)}
     if kind == "binary":
         figures.update(roc=plot_roc(targets["test"], test_scores),
                        precision_recall=plot_precision_recall(targets["test"], test_scores))
@@ -925,32 +1057,49 @@ def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
 
     candidates = _candidate_models(run, params, features, classes, device)
     scored = _score(run, list(candidates), features, kind, classes, params.threshold, device)
-    comparison = _comparison_table(scored, candidates, features, splits["test"], kind, metric, params)
-    cv = None
+    cv, oof = None, None
     if params.cv_folds:
         development = pd.concat([splits["train"], splits["valid"]], ignore_index=True)
-        cv = cross_validate(development, schema, pipeline.to_dict()["settings"], list(candidates.values()),
-                            params.cv_folds, params.cv_method, params.candidate_epochs, device, params.seed,
-                            params.threshold)
+        cv, oof = cross_validate(development, schema, pipeline.to_dict()["settings"], list(candidates.values()),
+                                 params.cv_folds, params.cv_method, params.candidate_epochs, device, params.seed,
+                                 params.threshold)
+    choosing = _choosing_rows(scored, features, oof)
+    comparison = _comparison_table(scored, candidates, features, choosing, splits["test"], kind, classes, metric,
+                                   params)
+    if cv is not None:
         comparison[f"cv_{metric}_mean"] = [cv["models"][n]["mean"].get(metric) for n in comparison["model"]]
         comparison[f"cv_{metric}_std"] = [cv["models"][n]["std"].get(metric) for n in comparison["model"]]
 
-    policy = SelectionPolicy(metric, params.tolerance, params.max_gap, params.max_latency_ms, params.max_size_mb)
+    policy = SelectionPolicy(metric, params.tolerance, params.max_gap, params.max_latency_ms, params.max_size_mb,
+                             split=choosing.split)
     selection = select_model(comparison, policy)
     winner = selection["winner"]
     comparison["status"] = [selection["candidates"][n]["status"] for n in comparison["model"]]
     selection["comparison"] = "validation/comparison.csv"
+    selection["chosen_on"] = {
+        "split": choosing.split, "rows": len(choosing.target),
+        "what": ("out-of-fold scores of the development rows (each row scored by the fold model that did not "
+                 "train on it)" if choosing.split == "cv" else "the validation split"),
+        "figures": [metric, "paired bootstrap difference", "gap", "latency_ms_per_row", "size_mb"]}
     selection["bootstrap"] = {"resamples": params.n_bootstrap, "confidence": params.confidence,
-                              "rows": len(targets["test"])}
+                              "rows": len(choosing.target), "split": choosing.split}
+    selection["reported"] = None if winner is None else reported_figure(
+        metric, kind, classes, features, scored.scores[winner]["test"], scored.thresholds.get(winner),
+        params.n_bootstrap, params.confidence, params.seed)
+    selection["not_used"] = f"test_{metric} of the other candidates (comparison.csv), for the record"
     slices = None
     if winner is not None:
         slices = slice_metrics(splits["test"], targets["test"], scored.scores[winner]["test"], kind, classes,
                                [c for c in schema.names("feature", "categorical") if c in splits["test"]], metric,
                                scored.thresholds.get(winner, 0.5), params.min_slice_rows)
-    figures = _figures(scored, targets, kind, classes, metric, winner, comparison, slices)
+    figures = _figures(scored, targets, kind, classes, metric, winner, comparison, slices, choosing.split)
+    trivial = {split: evaluate(targets[split], trivial_scores(targets["train"], len(targets[split]), kind,
+                                                              len(classes or []) or None), kind, classes, 0.5, split)
+               for split in ("valid", "test")}
 
     metrics_doc = {"task": kind, "primary_metric": metric, "classes": classes, "thresholds": scored.threshold_info,
-                   "models": scored.metrics, "selected": winner,
+                   "models": scored.metrics, "trivial": trivial, "selected": winner,
+                   "reported": selection["reported"],
                    "worst_slices": None if slices is None else slices.head(10).to_dict(orient="records"),
                    "slices": None if slices is None else slices.to_dict(orient="records")}
     run.write_json("validation/metrics.json", metrics_doc)
@@ -966,8 +1115,10 @@ def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
 
     registry_doc = {"registry": None, "version": None, "reason": selection["reason"]}
     if winner is not None:
+        check_package(load_predictor(run, winner, scored.thresholds.get(winner)), splits["test"],
+                      scored.scores[winner]["test"])  # before registering: a failed check registers nothing
         registry = Registry(params.registry_dir or run.file("registry"))
-        value = float(comparison.set_index("model").loc[winner, metric])  # the formula the champion is scored with
+        value = selection["reported"]["value"]  # by the formula the champion is scored with
         test_metrics = scored.metrics[winner]["test"]
         version = registry.register(
             run, winner, metrics={"test": test_metrics, "valid": scored.metrics[winner]["valid"]},
