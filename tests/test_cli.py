@@ -88,8 +88,9 @@ def test_failing_stage_is_one_line_and_leaves_no_artifacts(tmp_path, synthetic_c
 
 
 def test_failing_training_stage_is_one_line_and_keeps_the_data(tmp_path):
-    result = mllifecycle("run", "-p", "lr", "-0.1", "-p", "sample_rows", "3000", "--run-dir", "r", cwd=tmp_path)
-    assert_one_line_error(result, "stage 'train' failed", "ParamError", "lr must be a finite number > 0")
+    "A parameter that only the data can refute (an RMSE early-stopping metric for a binary target) fails in its stage."
+    result = mllifecycle("run", "-p", "metric", "rmse", "-p", "sample_rows", "3000", "--run-dir", "r", cwd=tmp_path)
+    assert_one_line_error(result, "stage 'train' failed", "ParamError", "metric 'rmse' does not apply to binary")
     run = Run(tmp_path / "r")
     run.artifact("data/train.parquet")  # the data stage's artifacts are intact
     assert not (tmp_path / "r" / "models").exists()
@@ -113,3 +114,40 @@ def test_malformed_params_file(tmp_path):
 def test_params_command_lists_stage_parameters(tmp_path):
     result = mllifecycle("params", cwd=tmp_path)
     assert result.returncode == 0 and "[data]" in result.stdout and "sample_rows = 30000" in result.stdout
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["-p", "epochs", "-3"], ["epochs must be an integer ≥ 1"]),
+    (["-p", "max_gap", "\"big\""], ["max_gap must be a finite number"]),
+    (["-p", "data_path", "nope.csv", "-p", "target", "y"], ["data file not found"]),
+    (["-p", "leak_threshold", "2"], ["leak_threshold must be a number in [0.5, 1]"]),
+])
+def test_parameters_are_refused_before_any_stage_and_leave_no_run(tmp_path, args, fragments):
+    result = mllifecycle("run", *args, "--run-dir", "r", cwd=tmp_path)
+    assert_one_line_error(result, *fragments)
+    assert "stage '" not in result.stderr  # refused before the first stage started
+    assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
+
+
+def test_registry_refuses_a_champion_of_other_data_unless_forced(tmp_path, synthetic_csv):
+    "Two tables register into one registry; the second's model does not silently replace the first's champion."
+    from tables import regression
+
+    regression(300).to_csv(tmp_path / "prices.csv", index=False)
+    small = ["-p", "n_trials", "0", "-p", "epochs", "3", "-p", "candidate_epochs", "3", "-p", "cv_folds", "0",
+             "-p", "n_bootstrap", "100", "-p", "candidates", '["linear", "hgb"]']
+    first = mllifecycle("run", "-p", "data_path", str(synthetic_csv), "-p", "target", "y", *small, "--run-dir", "a",
+                        cwd=tmp_path)
+    second = mllifecycle("run", "-p", "data_path", "prices.csv", "-p", "target", "target", *small, "--run-dir", "b",
+                         cwd=tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    decision = Run(tmp_path / "b").read_json("validation/registry.json")
+    assert decision["alias"] is None and "other data" in decision["reason"]
+    listed = mllifecycle("registry", "list", cwd=tmp_path)
+    assert "synthetic.csv" in listed.stdout and "prices.csv" in listed.stdout and "target" in listed.stdout
+    refused = mllifecycle("registry", "promote", "2", cwd=tmp_path)
+    assert_one_line_error(refused, "is a model of other data than the champion", "--force")
+    forced = mllifecycle("registry", "promote", "2", "--force", "--reason", "prices now", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    history = json.loads((tmp_path / "runs" / "registry" / "registry.json").read_text())["history"]
+    assert history[-1]["version"] == 2 and history[-1]["forced_over"]
