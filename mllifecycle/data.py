@@ -1286,6 +1286,7 @@ def collect(config: DataConfig) -> tuple[pd.DataFrame, dict]:
                 "time_column": config.time_column, "id_columns": config.id_columns, "constraints": {}, "derived": {}}
 
 
+# %% ../nbs/01_data.ipynb #660adc17
 def screen_columns(cleaned: pd.DataFrame,  # cleaned data, in its original row order
                    target: str, task: str,
                    time_column: str | None,
@@ -1309,6 +1310,7 @@ def screen_columns(cleaned: pd.DataFrame,  # cleaned data, in its original row o
     return {"id_columns": found_ids, "leaks": leaks, "warnings": messages}
 
 
+# %% ../nbs/01_data.ipynb #492acebc
 def dataset_record(raw: pd.DataFrame,  # the collected table, before cleaning
                    source: str,  # where it came from
                    schema: Schema,  # its schema (target and task)
@@ -1324,6 +1326,7 @@ def dataset_record(raw: pd.DataFrame,  # the collected table, before cleaning
             "target": schema.target, "task": schema.task, "classes": schema.classes}
 
 
+# %% ../nbs/01_data.ipynb #cfa4f292
 def prepare_data(run: Run,  # the run directory to write into
                  config: DataConfig | None = None,  # parameters; defaults → the embedded flights data
                 ) -> PreparedData:

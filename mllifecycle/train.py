@@ -471,6 +471,7 @@ def batch_size_for(n_rows: int,  # training rows (per process)
     return batch
 
 
+# %% ../nbs/02_train.ipynb #bc77bafa
 @dataclass
 class _Plan:
     "How one process walks through an epoch."

@@ -965,19 +965,28 @@ def _comparison_table(scored: _Scored, candidates: dict[str, Candidate], feature
     return pd.concat([comparison, pd.DataFrame(extra)], axis=1)
 
 
-def reported_figure(metric: str, kind: str, classes: list | None, features: dict[str, Features], scores: np.ndarray,
-                    threshold: float | None, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict:
+# %% ../nbs/03_validate.ipynb #a6f37ed1
+def reported_figure(metric: str,  # the primary metric
+                    kind: str,  # "binary", "multiclass" or "regression"
+                    train_target: np.ndarray,  # the encoded training target (for the trivial predictor)
+                    test_target: np.ndarray,  # the encoded test target
+                    scores: np.ndarray,  # the chosen model's test scores
+                    threshold: float | None = None,  # binary: its decision threshold
+                    n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
+                   ) -> dict:  # {"split": "test", "metric", "value", "ci_low", "ci_high", "rows", "trivial", ...}
     "The chosen model's one unbiased figure: its test metric with a bootstrap interval, beside the trivial predictor's."
-    target = features["test"].target
+    target = test_target
     per_row = _per_row(metric, kind, target, scores, 0.5 if threshold is None else threshold)
     resampled = paired_bootstrap(metric, target, {"model": per_row}, n_bootstrap, seed)["model"]
     low, high = np.nanquantile(resampled, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
-    trivial = trivial_scores(features["train"].target, len(target), kind, len(classes) if classes else None)
+    n_classes = None if kind == "regression" else int(max(np.max(train_target), np.max(target))) + 1
+    trivial = trivial_scores(train_target, len(target), kind, n_classes)
     return {"split": "test", "metric": metric, "value": point_metric(metric, target, per_row),
             "ci_low": float(low), "ci_high": float(high), "confidence": confidence, "rows": len(target),
             "trivial": _value(metric, kind, target, trivial)}
 
 
+# %% ../nbs/03_validate.ipynb #51d45258
 def check_package(predictor: Predictor,  # the chosen model, loaded as it will be registered and served
                   rows: pd.DataFrame,  # raw test rows
                   measured: np.ndarray,  # the scores this run measured for them
@@ -1030,6 +1039,7 @@ def _figures(scored: _Scored, targets: dict[str, np.ndarray], kind: str, classes
     if slices is not None and len(slices):
         figures["slices"] = plot_slices(slices, metric, scored.metrics[winner]["test"][metric], winner)
     return figures
+
 
 # %% ../nbs/03_validate.ipynb #3f59d50a
 def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
@@ -1084,7 +1094,7 @@ def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
     selection["bootstrap"] = {"resamples": params.n_bootstrap, "confidence": params.confidence,
                               "rows": len(choosing.target), "split": choosing.split}
     selection["reported"] = None if winner is None else reported_figure(
-        metric, kind, classes, features, scored.scores[winner]["test"], scored.thresholds.get(winner),
+        metric, kind, targets["train"], targets["test"], scored.scores[winner]["test"], scored.thresholds.get(winner),
         params.n_bootstrap, params.confidence, params.seed)
     selection["not_used"] = f"test_{metric} of the other candidates (comparison.csv), for the record"
     slices = None

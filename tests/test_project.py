@@ -40,3 +40,17 @@ def test_settings_keep_papermill_tags():
 if __name__ == "__main__":
     (ROOT / "README.md").write_text(readme_from_index(), encoding="utf-8")
     print("README.md regenerated from nbs/index.ipynb")
+
+
+def test_stage_jobs_hold_no_library_tests():
+    "From the parameters cell on, a stage notebook is a job on the user's data: no test or assert may fail it."
+    for path in sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb")):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+        if not tagged:
+            continue
+        for cell in cells[tagged[0] + 1:]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code":
+                assert not re.search(r"\btest_(eq|close|fail|ne|is)\(|^\s*assert\b", source, re.M), \
+                    f"{path.name}: a job cell tests something:\n{source}"
