@@ -405,8 +405,10 @@ class Registry:
         version = self.resolve(ref)
         if version == current:
             return []
-        schema = Schema.from_dict(self.package(version).read_json(SCHEMA))
-        return schema_differences(schema, Schema.from_dict(self.package(current).read_json(SCHEMA)))
+        problems = schema_differences(Schema.from_dict(self.package(version).read_json(SCHEMA)),
+                                      Schema.from_dict(self.package(current).read_json(SCHEMA)))
+        other_task = [p for p in problems if p.startswith(("target ", "classes "))]
+        return other_task or [p.replace("from the data", "from the champion's data") for p in problems]
 
     def promote(self, ref: int | str,  # the version to promote (number or alias)
                 alias: str = "champion",  # the alias to point at it
