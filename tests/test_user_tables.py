@@ -96,6 +96,7 @@ def test_a_leaky_column_is_flagged(tmp_path):
     leaky(400).to_csv(csv, index=False)
     result = run_cli(tmp_path, csv, "target", cv_folds=0)
     assert result.returncode == 0, result.stderr
+    check_run(tmp_path, csv, "regression")
     quality = Run(tmp_path / "run").read_json("data/quality.json")
     flagged = [sorted(leak["columns"]) for leak in quality["leaks"]]
     assert ["base price", "surcharge"] in flagged, quality["leaks"]
