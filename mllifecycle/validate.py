@@ -18,9 +18,9 @@ import torch
 
 from .core import ArtifactError, MLLifecycleError, ParamError, Run, check_seed, choose_device, open_run
 from .data import DataError, FeaturePipeline, Features, Schema, load_prepared
-from .registry import (
+from mllifecycle.registry import (
     Predictions, Predictor, Registry, RegistryError, categorical_mask, features_matrix, load_predictor, save_sklearn_model,
-    schema_differences, sklearn_scores)
+    sklearn_scores)
 from mllifecycle.train import (
     TrainConfig, TrainParams, TrainedModel, _choice, _integer, _number, fit, model_config, save_model, task_kind,
     train_stage)
