@@ -523,6 +523,11 @@ class SelectionPolicy:
             if getattr(self, name) is not None:
                 setattr(self, name, _number(name, getattr(self, name)))
 
+    @property
+    def rows(self) -> str:
+        "The choosing rows, in words."
+        return "out-of-fold rows" if self.split == "cv" else f"{self.split} split".replace("valid ", "validation ")
+
 
 def generalisation_gap(metric: str,  # the primary metric
                        train_value: float,  # the metric on the training rows
@@ -552,14 +557,14 @@ def select_model(table: pd.DataFrame,  # `compare_models` plus gap, latency_ms_p
                                                             policy.max_latency_ms),
             ("size_mb", "size (MB)", policy.max_size_mb)) if limit is not None and row[column] > limit]
         if not math.isfinite(row[metric]):
-            broken.append(f"{metric} is undefined on the {policy.split} split")
+            broken.append(f"{metric} is undefined on the {policy.rows}")
         candidates[name] = {**facts, "status": "out" if broken else "eligible",
                             "reason": "outside the limits: " + "; ".join(broken) if broken else ""}
         if not broken:
             eligible.append(name)
     if not eligible:
         return {"winner": None, "metric": metric, "policy": asdict(policy), "candidates": candidates,
-                "reason": f"no candidate has a defined {policy.split} metric within the policy's limits"}
+                "reason": f"no candidate has a defined {metric} on the {policy.rows} within the policy's limits"}
     best_value = max(sign * rows.loc[name, metric] for name in eligible)
     tied = [name for name in eligible if best_value - sign * rows.loc[name, metric] <= policy.tolerance]
     ranked = sorted(tied, key=lambda n: (rows.loc[n, "gap"], rows.loc[n, "latency_ms_per_row"], rows.loc[n, "size_mb"]))
@@ -590,9 +595,9 @@ def select_model(table: pd.DataFrame,  # `compare_models` plus gap, latency_ms_p
     candidates[winner].update(status="selected", reason="")
     others = [n for n in eligible if n != winner]
     runner_up = max(others, key=lambda n: sign * rows.loc[n, metric]) if others else None
-    reason = f"best {policy.split} {metric} ({w[metric]:.4f}) among the candidates within the limits"
+    reason = f"best {metric} on the {policy.rows} ({w[metric]:.4f}) among the candidates within the limits"
     if len(tied) > 1:
-        reason = f"tied on {policy.split} {metric} ({w[metric]:.4f}) with {', '.join(n for n in tied if n != winner)}, and " \
+        reason = f"tied on {metric} on the {policy.rows} ({w[metric]:.4f}) with {', '.join(n for n in tied if n != winner)}, and " \
                  "first on the tie-breakers (gap, latency, size)"
     if runner_up is not None and rows.loc[runner_up, "reference"] == winner:
         r = rows.loc[runner_up]
