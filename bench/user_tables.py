@@ -17,22 +17,13 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tables import binary_mixed, multiclass, regression  # noqa: E402
+from tables import CASES  # noqa: E402
 
 from mllifecycle.core import Run  # noqa: E402
 from mllifecycle.pipeline import run_pipeline  # noqa: E402
 
-CASES = {
-    "binary-string-target-messy": (lambda: binary_mixed(600), "churned"),
-    "3-class-300-rows": (lambda: multiclass(300), "label"),
-    "5-class-imbalanced": (lambda: multiclass(1500, n_classes=5, rare_share=0.04), "label"),
-    "regression-thousands": (lambda: regression(500), "target"),
-    "regression-hundredths": (lambda: regression(500, scale=0.01, offset=0.05), "target"),
-}
-
-
 def one_run(folder: Path, case: str, repeat: int) -> dict:
-    make, target = CASES[case]
+    make, target, _ = CASES[case]
     csv = folder / f"{case}.csv"
     if not csv.exists():
         make().to_csv(csv, index=False)

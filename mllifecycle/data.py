@@ -1347,11 +1347,11 @@ def prepare_data(run: Run,  # the run directory to write into
     quality["source"] = source["source"]
     quality["joins"] = source["joins"]
     task = check_target(cleaned, target, config.task)
-    screening = screen_columns(cleaned, target, task, time_column, [c for c in id_columns if c in cleaned.columns],
-                               config)
+    given_ids = [c for c in id_columns if c in cleaned.columns]  # cleaning may have dropped one
+    screening = screen_columns(cleaned, target, task, time_column, given_ids, config)
     quality.update(screening)
     schema = infer_schema(cleaned, target, task, time_column=time_column,
-                          id_columns=[c for c in id_columns if c in cleaned.columns] + list(screening["id_columns"]))
+                          id_columns=given_ids + list(screening["id_columns"]))
     if config.drop_leaky:
         for leak in screening["leaks"]:
             for name in leak["columns"]:

@@ -28,7 +28,7 @@ from .train import (
 __all__ = ['SCHEMA', 'DATASET', 'SKLEARN_FORMAT', 'TRUSTED_SKLEARN_TYPES', 'MAX_HGB_CATEGORIES', 'REGISTRY_FORMAT',
            'PACKAGE_FORMAT', 'RegistryError', 'features_matrix', 'categorical_mask', 'sklearn_scores',
            'save_sklearn_model', 'load_sklearn_model', 'Predictions', 'as_frame', 'Predictor', 'load_predictor',
-           'schema_differences', 'Registry']
+           'schema_differences', 'other_data', 'Registry']
 
 # %% ../nbs/03_registry.ipynb #d472afb8
 class RegistryError(MLLifecycleError):
@@ -261,6 +261,15 @@ def schema_differences(model: Schema,  # the schema a model was trained on
             problems.append(f"column {column.name!r} is {column.kind} for the model, {other.kind} in the data")
     return problems
 
+# %% ../nbs/03_registry.ipynb #a788ab58
+def other_data(candidate: Schema,  # the schema of the version to promote
+               current: Schema,  # the schema of the champion it would replace
+              ) -> list[str]:  # why `candidate` is a model of other data; empty when it can take over
+    "The differences that make `candidate` a model of other data than `current`: task first, else input columns."
+    problems = schema_differences(candidate, current)
+    other_task = [p for p in problems if p.startswith(("target ", "classes "))]
+    return other_task or [p.replace("from the data", "from the champion's data") for p in problems]
+
 # %% ../nbs/03_registry.ipynb #1c272171
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -405,10 +414,8 @@ class Registry:
         version = self.resolve(ref)
         if version == current:
             return []
-        problems = schema_differences(Schema.from_dict(self.package(version).read_json(SCHEMA)),
-                                      Schema.from_dict(self.package(current).read_json(SCHEMA)))
-        other_task = [p for p in problems if p.startswith(("target ", "classes "))]
-        return other_task or [p.replace("from the data", "from the champion's data") for p in problems]
+        return other_data(Schema.from_dict(self.package(version).read_json(SCHEMA)),
+                          Schema.from_dict(self.package(current).read_json(SCHEMA)))
 
     def promote(self, ref: int | str,  # the version to promote (number or alias)
                 alias: str = "champion",  # the alias to point at it

@@ -66,3 +66,12 @@ def leaky(n: int = 400, seed: int = 0) -> pd.DataFrame:
     frame["base price"] = (frame["target"] * rng.uniform(0.6, 0.9, n)).round(6)
     frame["surcharge"] = frame["target"] - frame["base price"]
     return frame
+
+
+CASES = {  # name → (table maker, target, task kind): the test matrix and bench/user_tables.py share these
+    "binary-string-target-messy": (lambda: binary_mixed(600), "churned", "binary"),
+    "3-class-300-rows": (lambda: multiclass(300), "label", "multiclass"),
+    "5-class-imbalanced": (lambda: multiclass(1500, n_classes=5, rare_share=0.04), "label", "multiclass"),
+    "regression-thousands": (lambda: regression(500), "target", "regression"),
+    "regression-hundredths": (lambda: regression(500, scale=0.01, offset=0.05), "target", "regression"),
+}

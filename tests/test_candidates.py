@@ -1,5 +1,4 @@
 "The validation stage's baselines are trained properly at any size: the linear one matches scikit-learn's."
-import tempfile
 
 import numpy as np
 import pytest

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tables import binary_mixed, leaky, multiclass, regression
+from tables import CASES, leaky, multiclass, regression
 
 from mllifecycle.core import Run
 from mllifecycle.registry import Registry
@@ -59,15 +59,6 @@ def check_run(tmp_path, csv, kind):
         assert set(out.predictions) <= set(champion.classes)
         np.testing.assert_allclose(out.probabilities.sum(axis=1), 1, atol=1e-5)
     return metrics
-
-
-CASES = {
-    "binary-string-target-messy": (lambda: binary_mixed(600), "churned", "binary"),
-    "3-class-300-rows": (lambda: multiclass(300), "label", "multiclass"),
-    "5-class-imbalanced": (lambda: multiclass(1500, n_classes=5, rare_share=0.04), "label", "multiclass"),
-    "regression-thousands": (lambda: regression(500), "target", "regression"),
-    "regression-hundredths": (lambda: regression(500, scale=0.01, offset=0.05), "target", "regression"),
-}
 
 
 @pytest.mark.parametrize("case", list(CASES))
