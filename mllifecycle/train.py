@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from .core import (
-    ArtifactError, MLLifecycleError, ParamError, Run, atomic_path, check_seed, choose_device, open_run)
+    ArtifactError, MLLifecycleError, ParamError, Run, atomic_path, check_choice, check_integer, check_number, check_seed,
+    choose_device, open_run)
 from .data import DataError, Features, FeaturePipeline, load_prepared
 
 # %% auto #0
@@ -51,37 +52,16 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")  # onecycle: linear warm-up, then cosine decay to lr/100
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}
 NORMS = ("batch", "layer", "none")
-METRICS = {"auroc": "maximize", "accuracy": "maximize", "loss": "minimize", "rmse": "minimize", "mae": "minimize"}
-TASK_METRICS = {"binary": ("auroc", "accuracy", "loss"), "multiclass": ("accuracy", "loss"),
-                "regression": ("rmse", "mae", "loss")}
-
-
-def _integer(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ParamError(f"{name} must be an integer ≥ {low}, got {value!r}")
-    return int(value)
-
-
-def _number(name: str, value: Any, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
-        bounds = f"{'>' if low_open else '≥'} {low}" + (f" and ≤ {high}" if high != math.inf else "")
-        raise ParamError(f"{name} must be a finite number {bounds}, got {value!r}")
-    return float(value)
-
-
-def _choice(name: str, value: Any, choices) -> str:
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise ParamError(f"unknown {name} {value!r}: expected one of {', '.join(map(repr, choices))}")
-    return value.lower()
+METRICS = {"auroc": "maximize", "accuracy": "maximize", "rmse": "minimize", "mae": "minimize", "r2": "maximize",
+           "loss": "minimize"}  # every metric a stage optimises or selects on, and which way is better
+TASK_METRICS = {"binary": ("auroc", "accuracy"), "multiclass": ("accuracy",),
+                "regression": ("rmse", "mae", "r2")}  # per task; the first is the default ("auto")
 
 
 @dataclass
 class TrainConfig:
     "Hyperparameters of the network and its training; with the data and `seed` they determine the weights."
-    epochs: int = 10  # passes over the training split (early stopping may end sooner)
+    epochs: int = 6  # passes over the training split (early stopping may end sooner)
     batch_size: int = 512  # rows per optimiser step (the global batch under torchrun)
     lr: float = 3e-3  # peak learning rate
     weight_decay: float = 1e-4  # AdamW decay on weight matrices and embeddings (not on biases or norms)
@@ -91,32 +71,32 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # clip the gradients' global norm to this (None: no clipping)
     width: int = 128  # units per hidden layer
     depth: int = 2  # hidden layers (0: a linear model over the features and embeddings)
-    dropout: float = 0.1
+    dropout: float = 0.1  # share of hidden units dropped while training
     norm: str = "batch"  # "batch", "layer" or "none"
     activation: str = "relu"  # "relu", "gelu", "silu", "leaky_relu" or "tanh"
     embedding_dim: int = 8  # size of each categorical column's embedding
     class_weight: str | None = None  # "balanced": weight classes by inverse frequency (None: unweighted)
     patience: int = 3  # stop after this many epochs without a better validation metric
     metric: str = "auto"  # early-stopping metric; auto: auroc (binary), accuracy (multi-class), rmse (regression)
-    seed: int = 0
+    seed: int = 0  # seeds the weights, the batch order and the search
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "width", "embedding_dim", "patience"):
-            setattr(self, name, _integer(name, getattr(self, name)))
-        self.depth = _integer("depth", self.depth, low=0)
-        self.lr = _number("lr", self.lr, low_open=True)
-        self.weight_decay = _number("weight_decay", self.weight_decay)
-        self.warmup_frac = _number("warmup_frac", self.warmup_frac, high=0.9)
-        self.dropout = _number("dropout", self.dropout, high=0.95)
+            setattr(self, name, check_integer(name, getattr(self, name)))
+        self.depth = check_integer("depth", self.depth, low=0)
+        self.lr = check_number("lr", self.lr, low_open=True)
+        self.weight_decay = check_number("weight_decay", self.weight_decay)
+        self.warmup_frac = check_number("warmup_frac", self.warmup_frac, high=0.9)
+        self.dropout = check_number("dropout", self.dropout, high=0.95)
         if self.grad_clip is not None:
-            self.grad_clip = _number("grad_clip", self.grad_clip, low_open=True)
-        self.optimizer = _choice("optimizer", self.optimizer, OPTIMIZERS)
-        self.schedule = _choice("schedule", self.schedule, SCHEDULES)
-        self.norm = _choice("norm", self.norm, NORMS)
-        self.activation = _choice("activation", self.activation, ACTIVATIONS)
-        self.metric = _choice("metric", self.metric, ("auto", *METRICS))
+            self.grad_clip = check_number("grad_clip", self.grad_clip, low_open=True)
+        self.optimizer = check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        self.schedule = check_choice("schedule", self.schedule, SCHEDULES)
+        self.norm = check_choice("norm", self.norm, NORMS)
+        self.activation = check_choice("activation", self.activation, ACTIVATIONS)
+        self.metric = check_choice("metric", self.metric, ("auto", *METRICS))
         if self.class_weight is not None:
-            self.class_weight = _choice("class_weight", self.class_weight, ("balanced",))
+            self.class_weight = check_choice("class_weight", self.class_weight, ("balanced",))
         self.seed = check_seed(self.seed)
 
 # %% ../nbs/02_train.ipynb #ddd624bc
@@ -258,15 +238,22 @@ class _OneOutput(nn.Module):
         return self.loss(output[:, 0], target)
 
 
-def resolve_metric(metric: str, kind: str) -> str:
-    "The early-stopping metric for `kind` ('auto' → its first), or `ParamError` when it does not apply."
+# %% ../nbs/02_train.ipynb #a9ded4dd
+def resolve_metric(metric: str,  # a metric name, or "auto"
+                   kind: str,  # "binary", "multiclass" or "regression"
+                   name: str = "metric",  # the parameter, for the message
+                   loss: bool = True,  # whether the training loss may be chosen (early stopping: yes; selection: no)
+                  ) -> str:
+    "The metric for `kind` ('auto' → the task's first in `TASK_METRICS`), or `ParamError` when it does not apply."
+    allowed = TASK_METRICS[kind] + (("loss",) if loss else ())
     if metric == "auto":
         return TASK_METRICS[kind][0]
-    if metric not in TASK_METRICS[kind]:
-        raise ParamError(f"metric {metric!r} does not apply to {kind} targets; use one of {TASK_METRICS[kind]}")
+    if metric not in allowed:
+        raise ParamError(f"{name} {metric!r} does not apply to {kind} targets; use one of {allowed}")
     return metric
 
 
+# %% ../nbs/02_train.ipynb #db0d70de
 def output_scores(outputs: torch.Tensor, kind: str, target_scale: dict | None = None) -> torch.Tensor:
     "Model outputs → P(class 1) (binary), class probabilities (multi-class) or values in the target's units."
     outputs = outputs.float()
@@ -277,6 +264,7 @@ def output_scores(outputs: torch.Tensor, kind: str, target_scale: dict | None = 
     return outputs[:, 0] * target_scale["std"] + target_scale["mean"]
 
 
+# %% ../nbs/02_train.ipynb #ae62c7df
 def compute_metric(metric: str, kind: str, outputs: torch.Tensor, target: torch.Tensor, loss_fn: nn.Module,
                    target_scale: dict | None = None) -> float:
     "One validation metric from raw outputs and the encoded target."
@@ -293,9 +281,12 @@ def compute_metric(metric: str, kind: str, outputs: torch.Tensor, target: torch.
             return float(((outputs[:, 0] > 0).float() == target).float().mean())
         return float(accuracy(outputs.argmax(1), target, task="multiclass", num_classes=outputs.shape[1]))
     error = (outputs[:, 0] - target) * target_scale["std"]
+    if metric == "r2":  # the standardised target's variance, in the same units as the error
+        return float(1 - error.square().mean() / (target.var(unbiased=False) * target_scale["std"] ** 2))
     return float(error.abs().mean() if metric == "mae" else error.square().mean().sqrt())
 
 
+# %% ../nbs/02_train.ipynb #e3b87f60
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     "The learning rate at optimiser step `step` (a pure function, so a resumed run follows the same schedule)."
     if config.schedule == "constant":
@@ -305,6 +296,7 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
         return config.lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
 
 # %% ../nbs/02_train.ipynb #4672e9d2
 CHECKPOINT_FORMAT = "mllifecycle.checkpoint/1"
@@ -925,15 +917,15 @@ def tune(train: Features, valid: Features,  # training and validation features w
     from optuna.trial import TrialState
 
     base = base or TrainConfig()
-    n_trials = _integer("n_trials", n_trials)
+    n_trials = check_integer("n_trials", n_trials)
     if timeout is not None:
-        timeout = _number("timeout", timeout, low_open=True)
+        timeout = check_number("timeout", timeout, low_open=True)
     searched, fixed = parse_search_space(space)
     base = replace(base, **fixed)
     metric = resolve_metric(base.metric, task_kind(classes))
     direction = METRICS[metric]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=base.seed + _integer("tune_worker", worker, low=0))
+    sampler = optuna.samplers.TPESampler(seed=base.seed + check_integer("tune_worker", worker, low=0))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials)
     study = optuna.create_study(storage=open_storage(storage, run), study_name=study_name, direction=direction,
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
@@ -1015,10 +1007,10 @@ class TrainParams(TrainConfig):
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N" or "mps"
     amp: str | bool = "auto"  # bf16 autocast: "auto" → on CUDA only
     resume: bool = True  # continue from models/<name>/checkpoint.pt when it exists
-    n_trials: int = 0  # Optuna trials for the study (0: no tuning, train with the given hyperparameters)
+    n_trials: int = 4  # Optuna trials for the study (0: no tuning, train with the given hyperparameters)
     timeout: float | None = None  # tuning: stop starting trials after this many seconds
     storage: str | None = None  # tuning: journal file or RDB URL; None → tuning/journal.log in the run
-    study_name: str = "mllifecycle"
+    study_name: str = "mllifecycle"  # the study's name in the storage (workers sharing a study use one name)
     search_space: dict = field(default_factory=dict)  # overrides of DEFAULT_SEARCH_SPACE
     tune_worker: int = 0  # this worker's number when several share a study
     train_final: bool = True  # train the final model after tuning (False: a tuning-only worker)
@@ -1028,12 +1020,12 @@ class TrainParams(TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         check_model_name(self.model_name)
-        self.n_trials = _integer("n_trials", self.n_trials, low=0)
-        self.tune_worker = _integer("tune_worker", self.tune_worker, low=0)
+        self.n_trials = check_integer("n_trials", self.n_trials, low=0)
+        self.tune_worker = check_integer("tune_worker", self.tune_worker, low=0)
         if self.num_threads is not None:
-            self.num_threads = _integer("num_threads", self.num_threads)
+            self.num_threads = check_integer("num_threads", self.num_threads)
         if self.timeout is not None:
-            self.timeout = _number("timeout", self.timeout, low_open=True)
+            self.timeout = check_number("timeout", self.timeout, low_open=True)
         if self.amp not in ("auto", True, False):
             raise ParamError(f"amp must be 'auto', true or false, got {self.amp!r}")
         parse_search_space(self.search_space)  # fail now on a bad search space

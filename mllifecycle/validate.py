@@ -16,23 +16,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import ArtifactError, MLLifecycleError, ParamError, Run, check_seed, choose_device, open_run
+from .core import (
+    ArtifactError, MLLifecycleError, ParamError, Run, check_choice, check_integer, check_number, check_seed,
+    choose_device, open_run)
 from .data import DataError, FeaturePipeline, Features, Schema, load_prepared
 from mllifecycle.registry import (
     Predictions, Predictor, Registry, RegistryError, categorical_mask, features_matrix, load_predictor, save_sklearn_model,
     sklearn_scores)
 from mllifecycle.train import (
-    TrainConfig, TrainParams, TrainedModel, _choice, _integer, _number, fit, model_config, save_model, task_kind,
+    TrainConfig, TrainParams, TrainedModel, METRICS, TASK_METRICS, fit, resolve_metric, model_config, save_model, task_kind,
     train_stage)
 
 # %% auto #0
-__all__ = ['DIRECTIONS', 'PRIMARY_METRICS', 'ECE_BINS', 'THRESHOLD_RULES', 'CV_METHODS', 'CANDIDATES', 'LATENCY_BATCH_ROWS',
-           'PROMOTE_MODES', 'ValidationError', 'resolve_primary', 'classification_metrics', 'regression_metrics',
-           'evaluate', 'trivial_scores', 'choose_threshold', 'slice_metrics', 'paired_bootstrap', 'point_metric',
-           'mcnemar', 'compare_models', 'cv_splits', 'Candidate', 'make_estimator', 'fit_candidate', 'OutOfFold',
-           'cross_validate', 'SelectionPolicy', 'generalisation_gap', 'select_model', 'plot_roc',
-           'plot_precision_recall', 'reliability', 'plot_reliability', 'plot_threshold', 'plot_confusion',
-           'plot_residuals', 'plot_slices', 'plot_comparison', 'measure_latency', 'ValidateParams',
+__all__ = ['ECE_BINS', 'THRESHOLD_RULES', 'CV_METHODS', 'CANDIDATES', 'LATENCY_BATCH_ROWS', 'PROMOTE_MODES', 'ValidationError',
+           'classification_metrics', 'regression_metrics', 'evaluate', 'trivial_scores', 'choose_threshold',
+           'slice_metrics', 'paired_bootstrap', 'point_metric', 'mcnemar', 'compare_models', 'cv_splits', 'Candidate',
+           'make_estimator', 'fit_candidate', 'OutOfFold', 'cross_validate', 'SelectionPolicy', 'generalisation_gap',
+           'select_model', 'plot_roc', 'plot_precision_recall', 'reliability', 'plot_reliability', 'plot_threshold',
+           'plot_confusion', 'plot_residuals', 'plot_slices', 'plot_comparison', 'measure_latency', 'ValidateParams',
            'ValidateStageResult', 'reported_figure', 'check_package', 'validate_stage']
 
 # %% ../nbs/03_validate.ipynb #e1e84791
@@ -40,19 +41,7 @@ class ValidationError(MLLifecycleError):
     "Metrics, comparison or selection cannot be computed from what they were given."
 
 
-DIRECTIONS = {"auroc": "maximize", "accuracy": "maximize", "rmse": "minimize", "mae": "minimize", "r2": "maximize"}
-PRIMARY_METRICS = {"binary": ("auroc", "accuracy"), "multiclass": ("accuracy",), "regression": ("rmse", "mae", "r2")}
 ECE_BINS = 15
-
-
-def resolve_primary(metric: str, kind: str) -> str:
-    "The primary metric for `kind` ('auto' → AUROC, accuracy or RMSE), or `ParamError` when it does not apply."
-    if metric == "auto":
-        return PRIMARY_METRICS[kind][0]
-    if metric not in PRIMARY_METRICS[kind]:
-        raise ParamError(f"primary_metric {metric!r} does not apply to {kind} targets; use one of "
-                         f"{PRIMARY_METRICS[kind]}")
-    return metric
 
 
 def _check_scores(target: np.ndarray, scores: np.ndarray, split: str):
@@ -173,7 +162,7 @@ def choose_threshold(target: np.ndarray,  # class index (0/1) per validation row
         if not 0 < rule < 1:
             raise ParamError(f"a fixed threshold must lie in (0, 1), got {rule}")
         return {"threshold": float(rule), "rule": "fixed", "value": None}
-    rule = _choice("threshold rule", rule, THRESHOLD_RULES)
+    rule = check_choice("threshold rule", rule, THRESHOLD_RULES)
     if len(np.unique(target)) < 2:
         return {"threshold": 0.5, "rule": rule, "value": None,
                 "note": "the validation split holds one class: kept 0.5"}
@@ -212,7 +201,7 @@ def slice_metrics(frame: pd.DataFrame,  # the raw rows (for the categorical colu
             m = evaluate(target[index], scores[index], kind, classes, threshold, split=f"{column}={values[j]}")
             rows.append({"column": column, "value": values[j], "rows": len(index), **{k: m[k] for k in keep}})
     table = pd.DataFrame(rows, columns=["column", "value", "rows", *keep])
-    ascending = DIRECTIONS[metric] == "maximize"
+    ascending = METRICS[metric] == "maximize"
     return table.sort_values(metric, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 
 # %% ../nbs/03_validate.ipynb #f74b0185
@@ -316,7 +305,7 @@ def compare_models(target: np.ndarray,  # encoded target of the test rows
     thresholds = thresholds or {}
     per_row = {name: _per_row(metric, kind, target, s, thresholds.get(name, 0.5)) for name, s in scores.items()}
     point = {name: point_metric(metric, target, values) for name, values in per_row.items()}
-    sign = 1 if DIRECTIONS[metric] == "maximize" else -1
+    sign = 1 if METRICS[metric] == "maximize" else -1
     best = max(point, key=lambda name: sign * np.nan_to_num(point[name], nan=-np.inf * sign))
     boots = paired_bootstrap(metric, target, per_row, n_bootstrap, seed)
     tails = [(1 - confidence) / 2, 1 - (1 - confidence) / 2]
@@ -356,8 +345,8 @@ def cv_splits(frame: pd.DataFrame,  # development rows (training + validation)
     "Cross-validation folds: time-ordered when the data has a time column, stratified for classification."
     from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
 
-    k = _integer("cv_folds", k, low=2)
-    method = _choice("cv_method", method, CV_METHODS)
+    k = check_integer("cv_folds", k, low=2)
+    method = check_choice("cv_method", method, CV_METHODS)
     if method == "auto":
         method = "time" if schema.time_column else "stratified" if schema.task == "classification" else "kfold"
     if method == "time" and not schema.time_column:
@@ -514,14 +503,14 @@ class SelectionPolicy:
     split: str = "valid"  # the split whose figures the table holds: they choose (never "test")
 
     def __post_init__(self):
-        if self.metric not in DIRECTIONS:
-            raise ParamError(f"unknown primary metric {self.metric!r}; expected one of {list(DIRECTIONS)}")
-        self.tolerance = _number("tolerance", self.tolerance)
+        if self.metric not in METRICS:
+            raise ParamError(f"unknown primary metric {self.metric!r}; expected one of {list(METRICS)}")
+        self.tolerance = check_number("tolerance", self.tolerance)
         if self.split == "test":
             raise ParamError("the test split reports the chosen model's figure; choosing on it would bias that figure")
         for name in ("max_gap", "max_latency_ms", "max_size_mb"):
             if getattr(self, name) is not None:
-                setattr(self, name, _number(name, getattr(self, name)))
+                setattr(self, name, check_number(name, getattr(self, name)))
 
     @property
     def rows(self) -> str:
@@ -535,7 +524,7 @@ def generalisation_gap(metric: str,  # the primary metric
                        trivial_value: float | None = None,  # error metrics: the trivial predictor's error there
                       ) -> float:  # how much better the model looks on its training rows; scale-free
     "How much better a model does on its training rows than on held-out rows, on a scale that holds for every metric."
-    if DIRECTIONS[metric] == "maximize":  # AUROC, accuracy and R² are already on one scale: differences of shares
+    if METRICS[metric] == "maximize":  # AUROC, accuracy and R² are already on one scale: differences of shares
         return train_value - valid_value
     if trivial_value is None or not trivial_value > 0:
         raise ValidationError(f"the gap in {metric} needs the trivial predictor's {metric} (> 0) as its unit")
@@ -546,7 +535,7 @@ def select_model(table: pd.DataFrame,  # `compare_models` plus gap, latency_ms_p
                  policy: SelectionPolicy,
                 ) -> dict:  # {"winner", "reason", "candidates": {name: {"status", "reason", ...}}, "policy"}
     "Apply the selection policy: limits, then the primary metric, then gap, latency and size among ties."
-    metric, sign = policy.metric, 1 if DIRECTIONS[policy.metric] == "maximize" else -1
+    metric, sign = policy.metric, 1 if METRICS[policy.metric] == "maximize" else -1
     rows = table.set_index("model")
     candidates, eligible = {}, []
     for name, row in rows.iterrows():
@@ -780,7 +769,7 @@ PROMOTE_MODES = ("auto", "always", "never")
 class ValidateParams:
     "Parameters of the validation stage (the notebook's `parameters` cell)."
     run_dir: str | None = None  # the run directory; None → a fresh temporary one
-    seed: int = 0
+    seed: int = 0  # seeds the candidates, the folds and the bootstrap
     device: str = "auto"  # torch candidates: "auto" (CUDA when available), "cpu", "cuda"
     model_name: str = "mlp"  # the training stage's model: the "mlp" candidate
     candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))  # which candidates to compare
@@ -808,18 +797,18 @@ class ValidateParams:
         unknown = [c for c in self.candidates if c not in CANDIDATES]
         if unknown:
             raise ParamError(f"unknown candidate(s) {unknown}; choose from {list(CANDIDATES)}")
-        self.candidate_epochs = _integer("candidate_epochs", self.candidate_epochs)
-        self.cv_folds = _integer("cv_folds", self.cv_folds, low=0)
+        self.candidate_epochs = check_integer("candidate_epochs", self.candidate_epochs)
+        self.cv_folds = check_integer("cv_folds", self.cv_folds, low=0)
         if self.cv_folds == 1:
             raise ParamError("cv_folds must be 0 (no cross-validation) or at least 2")
-        self.cv_method = _choice("cv_method", self.cv_method, CV_METHODS)
-        self.n_bootstrap = _integer("n_bootstrap", self.n_bootstrap, low=100)
-        self.confidence = _number("confidence", self.confidence, low=0.5, high=0.999)
-        self.min_slice_rows = _integer("min_slice_rows", self.min_slice_rows)
-        self.promote = _choice("promote", self.promote, PROMOTE_MODES)
-        self.promote_margin = _number("promote_margin", self.promote_margin)
+        self.cv_method = check_choice("cv_method", self.cv_method, CV_METHODS)
+        self.n_bootstrap = check_integer("n_bootstrap", self.n_bootstrap, low=100)
+        self.confidence = check_number("confidence", self.confidence, low=0.5, high=0.999)
+        self.min_slice_rows = check_integer("min_slice_rows", self.min_slice_rows)
+        self.promote = check_choice("promote", self.promote, PROMOTE_MODES)
+        self.promote_margin = check_number("promote_margin", self.promote_margin)
         if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
-            _choice("threshold", self.threshold, THRESHOLD_RULES)
+            check_choice("threshold", self.threshold, THRESHOLD_RULES)
         elif not 0 < self.threshold < 1:
             raise ParamError(f"a fixed threshold must lie in (0, 1), got {self.threshold}")
         SelectionPolicy("auroc", self.tolerance, self.max_gap, self.max_latency_ms, self.max_size_mb)  # checks
@@ -885,7 +874,7 @@ def _decide_promotion(registry: Registry, version: int, params: ValidateParams, 
             per_row = _per_row(metric, current.kind, test_target, current.scores(current.features(test_frame)),
                                current.threshold)
             old = point_metric(metric, test_target, per_row)
-            gain = (value - old) * (1 if DIRECTIONS[metric] == "maximize" else -1)
+            gain = (value - old) * (1 if METRICS[metric] == "maximize" else -1)
             decision["champion_value"] = old
             promote = gain > params.promote_margin
             why = (f"test {metric} {value:.4f} vs the champion's {old:.4f} on the same rows: "
@@ -1062,7 +1051,7 @@ def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
     schema, pipeline, splits = prepared.schema, prepared.pipeline, prepared.splits
     classes = pipeline.classes_ if pipeline.task == "classification" else None
     kind = task_kind(classes)
-    metric = resolve_primary(params.primary_metric, kind)
+    metric = resolve_metric(params.primary_metric, kind, name="primary_metric", loss=False)
     for name in ("train", "valid", "test"):
         if len(splits.get(name, ())) == 0:
             raise ValidationError(f"the {name} split is empty: there are no rows to measure")

@@ -8,7 +8,10 @@ import pytest
 
 from conftest import artifact_files
 
-from mllifecycle.core import Run
+from mllifecycle.core import Run, parameter_defaults, to_jsonable
+from mllifecycle.data import DataConfig
+from mllifecycle.train import TrainParams
+from mllifecycle.validate import ValidateParams
 
 
 def mllifecycle(*args, cwd):
@@ -38,9 +41,12 @@ def test_run_with_no_arguments_prepares_the_flights_data(tmp_path):
     assert run.read_json("features/pipeline.json")["format"] == "mllifecycle.FeaturePipeline/1"
     assert (run_dir / "report" / "01_data.ipynb").exists()
     assert json.loads((run_dir / "env.json").read_text())["seed"] == 0
+    for stage, cls in (("data", DataConfig), ("train", TrainParams), ("validate", ValidateParams)):
+        defaults = {k: v for k, v in parameter_defaults(cls).items() if k not in ("run_dir", "registry_dir")}
+        assert {k: run.params[stage][k] for k in defaults} == to_jsonable(defaults), stage  # the one definition ran
     # the training stage tuned, then trained the final model with the best trial's hyperparameters
     best = run.read_json("tuning/best.json")
-    assert sum(best["trials"].values()) == 4 and best["trials"]["complete"] >= 1
+    assert sum(best["trials"].values()) == TrainParams().n_trials and best["trials"]["complete"] >= 1
     config = run.read_json("models/mlp/config.json")
     assert config["hyperparameters"]["lr"] == best["best_params"]["lr"]
     assert config["metric"]["name"] == "auroc" and config["metric"]["valid"] > 0.65
@@ -113,7 +119,8 @@ def test_malformed_params_file(tmp_path):
 
 def test_params_command_lists_stage_parameters(tmp_path):
     result = mllifecycle("params", cwd=tmp_path)
-    assert result.returncode == 0 and "[data]" in result.stdout and "sample_rows = 30000" in result.stdout
+    assert result.returncode == 0 and "[data]" in result.stdout
+    assert f"  sample_rows = {DataConfig().sample_rows!r}" in result.stdout.splitlines()[1:30]
 
 
 @pytest.mark.parametrize("args, fragments", [

@@ -59,11 +59,16 @@ def reference_weights(prepared_run, tmp_path_factory):
 def test_a_killed_run_resumes_to_the_same_weights(run_dir, reference_weights, signum):
     checkpoint = run_dir / "models/mlp/checkpoint.pt"
     process = train_cli(run_dir, *RESUMABLE, wait=False)
-    deadline = time.time() + 120
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert checkpoint.exists(), process.communicate()
-    time.sleep(0.3)  # into the next epoch
+    def written_checkpoints(count):  # wait (bounded) until `count` checkpoints have been written
+        seen, previous, deadline = 0, None, time.time() + 120
+        while seen < count and process.poll() is None and time.time() < deadline:
+            stamp = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+            if stamp is not None and stamp != previous:
+                seen, previous = seen + 1, stamp
+            time.sleep(0.005)
+        return seen
+
+    assert written_checkpoints(2) == 2, process.communicate()  # the signal lands inside the third epoch
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0, "training finished before the signal; make the run slower"
