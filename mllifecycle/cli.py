@@ -180,7 +180,7 @@ def registry_promote_command(args: argparse.Namespace) -> int:
     print(f"{entry['alias']}: version {entry['previous']} → {entry['version']}")
     return 0
 
-
+# %% ../nbs/07_cli.ipynb #613ba0d6
 @command("registry rollback", "point an alias back at the version it held before", _move_options)
 def registry_rollback_command(args: argparse.Namespace) -> int:
     "Move an alias back to its previous version; print the move."

@@ -62,7 +62,7 @@ def atomic_path(path: str | Path,  # the file to create or replace
     finally:
         tmp.unlink(missing_ok=True)
 
-
+# %% ../nbs/00_core.ipynb #c5df9232
 def atomic_write_text(path: str | Path,  # the file to create or replace
                       text: str,  # its new content
                      ) -> Path:
@@ -406,7 +406,7 @@ def new_run_id() -> str:
     "A sortable, unique run id: UTC timestamp plus 6 random hex digits."
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
-
+# %% ../nbs/00_core.ipynb #3e335741
 def open_run(run_dir: str | Path | None = None,  # the run directory; None → a fresh temporary one
              stage: str | None = None,  # the stage opening it, recorded in params.json
              params: dict[str, Any] | None = None,  # that stage's resolved parameters

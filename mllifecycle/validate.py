@@ -40,7 +40,7 @@ __all__ = ['ECE_BINS', 'THRESHOLD_RULES', 'CV_METHODS', 'CANDIDATES', 'LATENCY_B
 class ValidationError(MLLifecycleError):
     "Metrics, comparison or selection cannot be computed from what they were given."
 
-
+# %% ../nbs/03_validate.ipynb #2a0a29d0
 ECE_BINS = 15
 
 
@@ -105,7 +105,7 @@ def classification_metrics(target: np.ndarray,  # class index per row
                           for j, label in enumerate(classes)})
     return out
 
-
+# %% ../nbs/03_validate.ipynb #8c3b1cb8
 def regression_metrics(target: np.ndarray,  # true values
                        predictions: np.ndarray,  # predicted values
                        split: str = "test",  # for messages
@@ -127,7 +127,7 @@ def regression_metrics(target: np.ndarray,  # true values
             "r2": r2, "residual_mean": float(residuals.mean()), "residual_std": float(residuals.std()),
             "rows": len(y), "notes": notes}
 
-
+# %% ../nbs/03_validate.ipynb #0f411a59
 def evaluate(target: np.ndarray, scores: np.ndarray, kind: str, classes: list | None = None,
              threshold: float = 0.5, split: str = "test") -> dict:
     "The metrics of `kind` for one split."
@@ -273,13 +273,13 @@ def paired_bootstrap(metric: str,  # "auroc", "accuracy", "rmse", "mae" or "r2"
             out[name][start:start + size] = _resampled(metric, target, values, counts, orders[name])
     return out
 
-
+# %% ../nbs/03_validate.ipynb #cb3d5e00
 def point_metric(metric: str, target: np.ndarray, per_row: np.ndarray) -> float:
     "The metric on the rows as they are (the bootstrap's own formula, for consistent differences)."
     return float(_resampled(metric, np.asarray(target, dtype="float64"), np.asarray(per_row, dtype="float64"),
                             np.ones((1, len(target))))[0])
 
-
+# %% ../nbs/03_validate.ipynb #3c2339de
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     "McNemar's exact test: do two classifiers' errors on the same rows differ more than chance allows?"
     from scipy.stats import binomtest
@@ -377,7 +377,7 @@ class Candidate:
     description: str
     settings: dict = field(default_factory=dict)  # TrainConfig fields (torch) or estimator parameters (sklearn)
 
-
+# %% ../nbs/03_validate.ipynb #9b82c0ed
 CANDIDATES = {
     "mlp": Candidate("mlp", "torch", "the tuned network from the training stage"),
     "mlp_small": Candidate("mlp_small", "torch", "a small network: one hidden layer of 32 units",
@@ -396,7 +396,7 @@ def make_estimator(kind: str, features: Features, settings: dict, seed: int):
     estimator = HistGradientBoostingRegressor if kind == "regression" else HistGradientBoostingClassifier
     return estimator(categorical_features=categorical_mask(features), random_state=seed, **settings)
 
-
+# %% ../nbs/03_validate.ipynb #bf957647
 def fit_candidate(candidate: Candidate,  # what to train
                   train: Features, valid: Features,  # with targets; valid early-stops
                   classes: list | None,  # None → regression
@@ -438,7 +438,7 @@ class OutOfFold:
     def __len__(self):
         return len(self.rows)
 
-
+# %% ../nbs/03_validate.ipynb #6e148289
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0)
 
@@ -517,7 +517,7 @@ class SelectionPolicy:
         "The choosing rows, in words."
         return "out-of-fold rows" if self.split == "cv" else f"{self.split} split".replace("valid ", "validation ")
 
-
+# %% ../nbs/03_validate.ipynb #ad89502b
 def generalisation_gap(metric: str,  # the primary metric
                        train_value: float,  # the metric on the training rows
                        valid_value: float,  # the metric on the rows the selection uses
@@ -530,7 +530,7 @@ def generalisation_gap(metric: str,  # the primary metric
         raise ValidationError(f"the gap in {metric} needs the trivial predictor's {metric} (> 0) as its unit")
     return (valid_value - train_value) / trivial_value  # the extra error, as a share of predicting the mean
 
-
+# %% ../nbs/03_validate.ipynb #dce1576b
 def select_model(table: pd.DataFrame,  # `compare_models` plus gap, latency_ms_per_row and size_mb columns
                  policy: SelectionPolicy,
                 ) -> dict:  # {"winner", "reason", "candidates": {name: {"status", "reason", ...}}, "policy"}
@@ -620,7 +620,7 @@ def plot_roc(target: np.ndarray, scores: dict[str, np.ndarray]):
     figure.tight_layout()
     return figure
 
-
+# %% ../nbs/03_validate.ipynb #73fa8a75
 def plot_precision_recall(target: np.ndarray, scores: dict[str, np.ndarray]):
     "Precision-recall curves of binary classifiers on the same rows."
     from torchmetrics.functional.classification import binary_average_precision, binary_precision_recall_curve
@@ -636,7 +636,7 @@ def plot_precision_recall(target: np.ndarray, scores: dict[str, np.ndarray]):
     figure.tight_layout()
     return figure
 
-
+# %% ../nbs/03_validate.ipynb #c2dea4ff
 def reliability(target: np.ndarray, scores: np.ndarray, bins: int = 10) -> pd.DataFrame:
     "Mean confidence and observed accuracy (frequency of class 1, for binary) per confidence bin."
     if scores.ndim == 1:
@@ -649,7 +649,7 @@ def reliability(target: np.ndarray, scores: np.ndarray, bins: int = 10) -> pd.Da
     return frame.groupby("bin").agg(confidence=("confidence", "mean"), observed=("observed", "mean"),
                                     rows=("observed", "size")).reset_index()
 
-
+# %% ../nbs/03_validate.ipynb #8ebf7d8a
 def plot_reliability(target: np.ndarray, scores: dict[str, np.ndarray]):
     "Reliability diagram: predicted probability against observed frequency, per model."
     first = next(iter(scores.values()))
@@ -664,7 +664,7 @@ def plot_reliability(target: np.ndarray, scores: dict[str, np.ndarray]):
     figure.tight_layout()
     return figure
 
-
+# %% ../nbs/03_validate.ipynb #86687ca9
 def plot_threshold(target: np.ndarray, probabilities: np.ndarray, chosen: float, name: str = ""):
     "Precision, recall and F1 against the decision threshold on the validation split, with the chosen one."
     from torchmetrics.functional.classification import binary_precision_recall_curve
@@ -681,7 +681,7 @@ def plot_threshold(target: np.ndarray, probabilities: np.ndarray, chosen: float,
     figure.tight_layout()
     return figure
 
-
+# %% ../nbs/03_validate.ipynb #6ceae57d
 def plot_confusion(confusion: list[list[int]], classes: list, name: str = ""):
     "The confusion matrix (rows: true class, columns: predicted), counts annotated."
     matrix = np.asarray(confusion)
@@ -695,7 +695,7 @@ def plot_confusion(confusion: list[list[int]], classes: list, name: str = ""):
     figure.tight_layout()
     return figure
 
-
+# %% ../nbs/03_validate.ipynb #b4279b8b
 def plot_residuals(target: np.ndarray, predictions: np.ndarray, name: str = ""):
     "Residuals (true − predicted) against the prediction, and their distribution."
     import matplotlib.pyplot as plt
@@ -711,7 +711,7 @@ def plot_residuals(target: np.ndarray, predictions: np.ndarray, name: str = ""):
     figure.tight_layout()
     return figure
 
-
+# %% ../nbs/03_validate.ipynb #b350e5f9
 def plot_slices(slices: pd.DataFrame, metric: str, overall: float, name: str = "", top: int = 15):
     "The worst slices by the primary metric, against the whole test split."
     shown = slices.dropna(subset=[metric]).head(top).iloc[::-1]
@@ -722,7 +722,7 @@ def plot_slices(slices: pd.DataFrame, metric: str, overall: float, name: str = "
     figure.tight_layout()
     return figure
 
-
+# %% ../nbs/03_validate.ipynb #2cab303c
 def plot_comparison(table: pd.DataFrame, metric: str, winner: str | None = None, split: str = "validation"):
     "Each candidate's metric on the split that chooses, with its bootstrap interval; the winner highlighted."
     shown = table.iloc[::-1]
@@ -813,7 +813,7 @@ class ValidateParams:
             raise ParamError(f"a fixed threshold must lie in (0, 1), got {self.threshold}")
         SelectionPolicy("auroc", self.tolerance, self.max_gap, self.max_latency_ms, self.max_size_mb)  # checks
 
-
+# %% ../nbs/03_validate.ipynb #0498b997
 @dataclass
 class ValidateStageResult:
     "What the stage produced."

@@ -18,6 +18,6 @@ def synthetic_csv(tmp_path):
 
 
 def artifact_files(run_dir):
-    "Every file under a run directory except the executed notebooks of the report."
+    "Every file under a run directory except the executed notebooks of the report and the writers' lock files."
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
-                  if p.is_file() and "report" not in p.relative_to(run_dir).parts)
+                  if p.is_file() and "report" not in p.relative_to(run_dir).parts and not p.name.endswith(".lock"))
