@@ -26,13 +26,16 @@ __all__ = ['FILE_READERS', 'SQL_URL', 'FLIGHTS_TARGET', 'FLIGHTS_TIME', 'FLIGHTS
            'DRIFT_KINDS', 'MAX_SCHEMA_CATEGORIES', 'NA_TOKENS', 'MISSING_STRATEGIES', 'SPLIT_METHODS', 'MIN_SPLIT_ROWS',
            'ID_NAME', 'LEAK_THRESHOLD', 'UNKNOWN', 'MISSING', 'DATETIME_PARTS', 'PIPELINE_FORMAT', 'SPLITS',
            'DataError', 'DataWarning', 'read_sql', 'load_table', 'duplicated_rows', 'deduplicate_keys', 'join_tables',
-           'flights_files', 'load_flights', 'make_synthetic', 'ColumnSchema', 'Schema', 'column_kind', 'infer_task',
-           'check_target', 'infer_schema', 'coerce_column', 'check_frame', 'profile', 'normalize_categories',
-           'CleanConfig', 'clean_frame', 'plot_quality', 'rows_needed', 'split_frame', 'check_leakage',
+           'flights_files', 'load_flights', 'drift_weight', 'make_synthetic', 'ColumnSchema', 'Schema', 'column_kind',
+           'infer_task', 'check_target', 'infer_schema', 'coerce_column', 'check_frame', 'profile',
+           'normalize_categories', 'CleanConfig', 'Actions', 'check_clean_settings', 'fix_types', 'fix_values',
+           'apply_column_strategies', 'rows_to_keep', 'drop_sparse_columns', 'clean_frame', 'plot_quality',
+           'rows_needed', 'time_split', 'random_split', 'group_split', 'split_frame', 'check_leakage',
            'find_id_columns', 'find_leaks', 'check_expression', 'Features', 'numeric_block', 'fit_numeric',
            'scale_numeric', 'fit_vocabulary', 'vocabulary_lookup', 'category_codes', 'encode_target', 'FeaturePipeline',
            'pipeline_to_dict', 'pipeline_from_dict', 'DataConfig', 'PreparedData', 'collect', 'screen_columns',
-           'dataset_record', 'prepare_data', 'load_prepared']
+           'dataset_record', 'describe_columns', 'usable_derived', 'leak_free_splits', 'split_report', 'write_prepared',
+           'prepare_data', 'load_prepared']
 
 # %% ../nbs/01_data.ipynb #4e02fd7d
 class DataError(MLLifecycleError, ValueError):
@@ -61,7 +64,7 @@ def _starts_with(path: Path, prefix: bytes) -> bool:
     with open(path, "rb") as f:
         return f.read(4096).lstrip().startswith(prefix)
 
-
+# %% ../nbs/01_data.ipynb #da7010d4
 def _file_reader(path: Path):
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in (".gz", ".bz2", ".zip", ".xz", ".zst") and len(suffixes) > 1:
@@ -71,7 +74,7 @@ def _file_reader(path: Path):
                         f"(expected one of {', '.join(sorted(FILE_READERS))})")
     return FILE_READERS[suffixes[-1]]
 
-
+# %% ../nbs/01_data.ipynb #74407665
 def read_sql(url: str,  # a SQLAlchemy database URL, e.g. sqlite:///flights.db
              query: str,  # a SELECT statement, or a table name
             ) -> pd.DataFrame:
@@ -227,10 +230,68 @@ def load_flights(sample_rows: int | None = None,  # keep a random sample of this
     joined[FLIGHTS_TIME] = pd.to_datetime(joined[FLIGHTS_TIME], utc=True)
     return joined, records
 
-# %% ../nbs/01_data.ipynb #90475faf
+# %% ../nbs/01_data.ipynb #8b1846ce
 DRIFT_KINDS = ("none", "covariate", "prior", "concept")
 
 
+def drift_weight(n_rows: int, drift: str = "none", start: float = 0.5, width: float = 0.0) -> np.ndarray:
+    "How much of the drift each row carries: 0 before `start`, ramping over `width` of the range to 1."
+    position = np.arange(n_rows) / max(n_rows - 1, 1)  # time as a fraction of the range
+    if drift == "none":
+        return np.zeros(n_rows)
+    if width <= 0:
+        return (position >= start).astype(float)
+    return np.clip((position - start) / width, 0.0, 1.0)
+
+# %% ../nbs/01_data.ipynb #77e694c0
+def _numeric_signal(rng: np.random.Generator, n_rows: int, n_numeric: int, drift: str, weight: np.ndarray,
+                    strength: float) -> tuple[np.ndarray, np.ndarray, int]:
+    "Numeric features, the target logit they give, and how many features covariate drift shifts."
+    n_shifted = max(1, n_numeric // 3)
+    numeric = rng.standard_normal((n_rows, n_numeric))
+    if drift == "covariate":
+        numeric[:, :n_shifted] += strength * weight[:, None]
+    coef = rng.normal(0, 1, n_numeric) / np.sqrt(n_numeric)
+    logit = numeric @ coef + 0.5 * np.sin(2 * numeric[:, 0]) + 0.3 * numeric[:, 1] * numeric[:, -1]
+    if drift == "concept":
+        flipped = rng.normal(0, 1, n_numeric) / np.sqrt(n_numeric)
+        logit = (1 - weight) * logit + weight * (numeric @ flipped) * strength
+    return numeric, logit, n_shifted
+
+
+def _categorical_signal(rng: np.random.Generator, n_rows: int, n_categorical: int, n_categories: int,
+                        logit: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    "Categorical features (values c00, c01, … with Zipf-like frequencies) and the logit with their effects."
+    letters = np.array([f"c{k:02d}" for k in range(n_categories)])
+    popularity = 1.0 / np.arange(1, n_categories + 1)  # a few common values, a long tail
+    popularity /= popularity.sum()
+    columns = {}
+    for j in range(n_categorical):
+        codes = rng.choice(n_categories, size=n_rows, p=popularity)
+        logit = logit + rng.normal(0, 0.5, n_categories)[codes]
+        columns[f"cat_{j}"] = pd.Categorical.from_codes(codes, letters).astype(str)
+    return columns, logit
+
+# %% ../nbs/01_data.ipynb #b1f419d8
+def _synthetic_target(rng: np.random.Generator, logit: np.ndarray, task: str, drift: str, weight: np.ndarray,
+                      strength: float) -> np.ndarray:
+    "A binary label drawn from the logit, or a noisy value; prior drift moves the intercept."
+    prior = (drift == "prior") * strength * weight
+    if task == "classification":
+        intercept = -0.5 + prior
+        return (rng.random(len(logit)) < 1 / (1 + np.exp(-(logit + intercept)))).astype(np.int8)
+    return logit + 0.1 * rng.standard_normal(len(logit)) + prior
+
+
+def _drift_record(drift: str, strength: float, affected: list[str], weight: np.ndarray, times: pd.Series) -> dict:
+    "Where the injected drift is: kind, strength, affected columns, first row with any and with the full drift."
+    drifting, full = np.flatnonzero(weight > 0), np.flatnonzero(weight >= 1)
+    return {"kind": drift, "strength": strength, "features": affected,
+            "start_row": int(drifting[0]) if len(drifting) else None,
+            "full_row": int(full[0]) if len(full) else None,
+            "start": str(times.iloc[drifting[0]]) if len(drifting) else None}
+
+# %% ../nbs/01_data.ipynb #c5076973
 def make_synthetic(n_rows: int = 10_000,  # rows to generate
                    n_numeric: int = 12,  # numeric features
                    n_categorical: int = 6,  # categorical features (string values)
@@ -253,53 +314,19 @@ def make_synthetic(n_rows: int = 10_000,  # rows to generate
     if n_rows < 1 or n_numeric < 1 or n_categorical < 0 or n_categories < 2:
         raise DataError("make_synthetic needs n_rows ≥ 1, n_numeric ≥ 1, n_categorical ≥ 0 and n_categories ≥ 2")
     rng = np.random.default_rng(seed)
-    position = np.arange(n_rows) / max(n_rows - 1, 1)  # time as a fraction of the range
-    if drift == "none":
-        weight = np.zeros(n_rows)
-    elif drift_width <= 0:
-        weight = (position >= drift_start).astype(float)
-    else:
-        weight = np.clip((position - drift_start) / drift_width, 0.0, 1.0)
-
-    n_shifted = max(1, n_numeric // 3)
-    numeric = rng.standard_normal((n_rows, n_numeric))
-    if drift == "covariate":
-        numeric[:, :n_shifted] += drift_strength * weight[:, None]
-    coef = rng.normal(0, 1, n_numeric) / np.sqrt(n_numeric)
-    logit = numeric @ coef + 0.5 * np.sin(2 * numeric[:, 0]) + 0.3 * numeric[:, 1] * numeric[:, -1]
-    if drift == "concept":
-        flipped = rng.normal(0, 1, n_numeric) / np.sqrt(n_numeric)
-        logit = (1 - weight) * logit + weight * (numeric @ flipped) * drift_strength
-
-    data = {f"num_{j}": numeric[:, j] for j in range(n_numeric)}
-    letters = np.array([f"c{k:02d}" for k in range(n_categories)])
-    popularity = 1.0 / np.arange(1, n_categories + 1)  # Zipf-like: a few common values, a long tail
-    popularity /= popularity.sum()
-    for j in range(n_categorical):
-        codes = rng.choice(n_categories, size=n_rows, p=popularity)
-        effect = rng.normal(0, 0.5, n_categories)
-        logit = logit + effect[codes]
-        data[f"cat_{j}"] = pd.Categorical.from_codes(codes, letters).astype(str)
-
-    if task == "classification":
-        intercept = -0.5 + (drift == "prior") * drift_strength * weight
-        target = (rng.random(n_rows) < 1 / (1 + np.exp(-(logit + intercept)))).astype(np.int8)
-    else:
-        target = logit + 0.1 * rng.standard_normal(n_rows) + (drift == "prior") * drift_strength * weight
-    df = pd.DataFrame(data)
+    weight = drift_weight(n_rows, drift, drift_start, drift_width)
+    numeric, logit, n_shifted = _numeric_signal(rng, n_rows, n_numeric, drift, weight, drift_strength)
+    categorical, logit = _categorical_signal(rng, n_rows, n_categorical, n_categories, logit)
+    target = _synthetic_target(rng, logit, task, drift, weight, drift_strength)
+    df = pd.DataFrame({**{f"num_{j}": numeric[:, j] for j in range(n_numeric)}, **categorical})
     if missing_frac > 0:
         for j in range(n_numeric):
             df.loc[rng.random(n_rows) < missing_frac, f"num_{j}"] = np.nan
     df["timestamp"] = pd.date_range(start, periods=n_rows, freq=freq)
     df["target"] = target
-    affected = {"covariate": [f"num_{j}" for j in range(n_shifted)], "concept": ["target"],
-                "prior": ["target"], "none": []}[drift]
-    drifting = np.flatnonzero(weight > 0)
-    full = np.flatnonzero(weight >= 1)
-    df.attrs["drift"] = {"kind": drift, "strength": drift_strength, "features": affected,
-                         "start_row": int(drifting[0]) if len(drifting) else None,  # first row with any drift
-                         "full_row": int(full[0]) if len(full) else None,  # first row with the full drift
-                         "start": str(df["timestamp"].iloc[drifting[0]]) if len(drifting) else None}
+    affected = {"covariate": [f"num_{j}" for j in range(n_shifted)], "concept": ["target"], "prior": ["target"],
+                "none": []}[drift]
+    df.attrs["drift"] = _drift_record(drift, drift_strength, affected, weight, df["timestamp"])
     return df
 
 # %% ../nbs/01_data.ipynb #0e0db0c0
@@ -598,11 +625,18 @@ class CleanConfig:
             if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
                 raise DataError(f"constraint for {column!r} must be [min, max], got {bounds!r}")
 
-# %% ../nbs/01_data.ipynb #8b162de8
-def clean_frame(df: pd.DataFrame,  # raw data
-                config: CleanConfig,  # what to clean and how
-               ) -> tuple[pd.DataFrame, dict]:  # cleaned data and the quality report
-    "Clean `df` and report every action with its count, and a profile before and after."
+# %% ../nbs/01_data.ipynb #2f349346
+class Actions(list):
+    "The quality report's list of cleaning actions: step, column, rows affected, detail."
+
+    def add(self, step: str, column: str | None, count: int, detail: str = ""):
+        "Record a step that changed `count` rows of `column` (nothing when it changed none)."
+        if count:
+            self.append({"step": step, "column": column, "rows": int(count), "detail": detail})
+
+# %% ../nbs/01_data.ipynb #650d5c25
+def check_clean_settings(df: pd.DataFrame, config: CleanConfig):
+    "Refuse an empty frame, a missing target, and settings that name columns the data lacks."
     if len(df) == 0:
         raise DataError("the data has no rows")
     check_target(df, config.target)
@@ -610,82 +644,109 @@ def clean_frame(df: pd.DataFrame,  # raw data
     unknown = sorted(named - set(df.columns))
     if unknown:
         raise DataError(f"cleaning settings name column(s) not in the data: {unknown}")
-    before, actions = profile(df), []
 
-    def act(step, column, count, detail=""):
-        if count:
-            actions.append({"step": step, "column": column, "rows": int(count), "detail": detail})
-
+# %% ../nbs/01_data.ipynb #8c2f2645
+def fix_types(df: pd.DataFrame, config: CleanConfig, actions: Actions) -> pd.DataFrame:
+    "Convert text columns that hold numbers or timestamps; normalise the spelling of the other text columns."
     out = df.copy(deep=False)  # columns are replaced, never written in place: the input stays as it was
     for name in out.columns:
         s = out[name]
         if config.coerce_types and _is_text(s) and name != config.target:
             sample = s.dropna().iloc[:1000]
             if _looks_like(sample, lambda v: pd.to_numeric(v.astype("string").str.strip(), errors="coerce")):
-                values, bad = _coerce_numeric(s)
-                out[name] = values
-                act("coerce_type", name, len(s), f"text → numeric; {int(bad.sum())} unparseable value(s) → missing")
+                out[name], bad = _coerce_numeric(s)
+                actions.add("coerce_type", name, len(s), f"text → numeric; {int(bad.sum())} unparseable value(s) → missing")
                 continue
             if _looks_like(sample, lambda v: pd.to_datetime(v, errors="coerce", format="ISO8601", utc=True)):
-                values, bad = _coerce_datetime(s)
-                out[name] = values
-                act("coerce_type", name, len(s), f"text → datetime; {int(bad.sum())} unparseable value(s) → missing")
+                out[name], bad = _coerce_datetime(s)
+                actions.add("coerce_type", name, len(s), f"text → datetime; {int(bad.sum())} unparseable value(s) → missing")
                 continue
         if _is_text(s):
             out[name], changed = normalize_categories(s)
-            act("normalize_categories", name, changed, "whitespace stripped, case variants merged, '' → missing")
+            actions.add("normalize_categories", name, changed, "whitespace stripped, case variants merged, '' → missing")
+    return out
 
+# %% ../nbs/01_data.ipynb #215f551c
+def fix_values(df: pd.DataFrame, config: CleanConfig, actions: Actions) -> pd.DataFrame:
+    "Infinite values (an error, or missing with on_inf='missing') and values outside `constraints` → missing."
+    out = df.copy(deep=False)
     for name in out.select_dtypes("number").columns:
-        values = out[name].to_numpy(dtype="float64", na_value=np.nan)
-        inf = np.isinf(values)
+        inf = np.isinf(out[name].to_numpy(dtype="float64", na_value=np.nan))
+        if inf.any() and config.on_inf == "error":
+            raise DataError(f"column {name!r} has {int(inf.sum())} infinite value(s) (first at row "
+                            f"{int(np.argmax(inf))}); fix the source or pass on_inf='missing'")
         if inf.any():
-            if config.on_inf == "error":
-                raise DataError(f"column {name!r} has {int(inf.sum())} infinite value(s) (first at row "
-                                f"{int(np.argmax(inf))}); fix the source or pass on_inf='missing'")
             out[name] = out[name].mask(inf)
-            act("infinite_to_missing", name, inf.sum())
-
+            actions.add("infinite_to_missing", name, inf.sum())
     for name, (low, high) in config.constraints.items():
-        values, bad = _coerce_numeric(out[name])
+        values, _ = _coerce_numeric(out[name])
         outside = (values < low if low is not None else False) | (values > high if high is not None else False)
         if outside.any():
             out[name] = values.mask(outside)
-            act("impossible_to_missing", name, outside.sum(), f"outside [{low}, {high}]")
+            actions.add("impossible_to_missing", name, outside.sum(), f"outside [{low}, {high}]")
+    return out
 
-    # rows are dropped through one mask and copied once at the end: memory stays near one copy of the data
+# %% ../nbs/01_data.ipynb #1808fc4a
+def apply_column_strategies(df: pd.DataFrame, config: CleanConfig, actions: Actions) -> pd.DataFrame:
+    "The per-column missing strategies that act on columns: drop_column and fill:VALUE."
+    out = df
     for name, strategy in config.missing.items():
         if strategy == "drop_column":
-            act("drop_column", name, len(out), "by the missing strategy")
+            actions.add("drop_column", name, len(out), "by the missing strategy")
             out = out.drop(columns=name)
         elif strategy.startswith("fill:"):
             raw = strategy[len("fill:"):]
             value = pd.to_numeric(raw) if pd.api.types.is_numeric_dtype(out[name]) else raw
-            act("fill_missing", name, out[name].isna().sum(), f"filled with {raw!r}")
-            out[name] = out[name].fillna(value)
-    keep = np.array(out[config.target].notna(), dtype=bool)
-    act("drop_missing_target", config.target, (~keep).sum(), "rows whose target is missing")
-    duplicated = duplicated_rows(out) & keep  # identical rows share their target, so the order of steps is moot
+            actions.add("fill_missing", name, out[name].isna().sum(), f"filled with {raw!r}")
+            out = out.assign(**{name: out[name].fillna(value)})
+    return out
+
+# %% ../nbs/01_data.ipynb #5df01a79
+def rows_to_keep(df: pd.DataFrame, config: CleanConfig, actions: Actions) -> np.ndarray:
+    "The mask of rows that survive: a target, not a duplicate row or key, and no value the strategies require."
+    keep = np.array(df[config.target].notna(), dtype=bool)
+    actions.add("drop_missing_target", config.target, (~keep).sum(), "rows whose target is missing")
+    duplicated = duplicated_rows(df) & keep  # identical rows share their target, so the order of steps is moot
     keep &= ~duplicated
-    act("drop_duplicate_rows", None, duplicated.sum())
+    actions.add("drop_duplicate_rows", None, duplicated.sum())
     if config.key_columns:
-        repeated = np.zeros(len(out), dtype=bool)
-        repeated[keep] = duplicated_rows(out.loc[keep, config.key_columns], keep="last")
+        repeated = np.zeros(len(df), dtype=bool)
+        repeated[keep] = duplicated_rows(df.loc[keep, config.key_columns], keep="last")
         keep &= ~repeated
-        act("drop_duplicate_keys", ",".join(config.key_columns), repeated.sum(), "kept the last row of each key")
+        actions.add("drop_duplicate_keys", ",".join(config.key_columns), repeated.sum(), "kept the last row of each key")
     for name, strategy in config.missing.items():
         if strategy == "drop_rows":
-            absent = out[name].isna().to_numpy() & keep
+            absent = df[name].isna().to_numpy() & keep
             keep &= ~absent
-            act("drop_rows_missing", name, absent.sum())
+            actions.add("drop_rows_missing", name, absent.sum())
     if not keep.any():
         raise DataError("no rows are left after cleaning (every row lacked a target or was a duplicate)")
-    out = out.loc[keep].reset_index(drop=True)
-    for name in out.columns:
-        frac = out[name].isna().mean()
+    return keep
+
+# %% ../nbs/01_data.ipynb #dbf9e400
+def drop_sparse_columns(df: pd.DataFrame, config: CleanConfig, actions: Actions) -> pd.DataFrame:
+    "Drop feature columns missing in more than `max_missing_frac` of the rows (unless a strategy names them)."
+    out = df
+    for name in df.columns:
+        frac = df[name].isna().mean()
         if name != config.target and frac > config.max_missing_frac and config.missing.get(name, "keep") == "keep":
             out = out.drop(columns=name)
-            act("drop_column", name, len(out), f"{frac:.1%} missing > max_missing_frac={config.max_missing_frac}")
-    return out, {"before": before, "after": profile(out), "actions": actions}
+            actions.add("drop_column", name, len(out), f"{frac:.1%} missing > max_missing_frac={config.max_missing_frac}")
+    return out
+
+# %% ../nbs/01_data.ipynb #41a0658a
+def clean_frame(df: pd.DataFrame,  # raw data
+                config: CleanConfig,  # what to clean and how
+               ) -> tuple[pd.DataFrame, dict]:  # cleaned data and the quality report
+    "Clean `df` and report every action with its count, and a profile before and after."
+    check_clean_settings(df, config)
+    actions = Actions()
+    out = fix_types(df, config, actions)
+    out = fix_values(out, config, actions)
+    out = apply_column_strategies(out, config, actions)
+    out = out.loc[rows_to_keep(out, config, actions)].reset_index(drop=True)
+    out = drop_sparse_columns(out, config, actions)
+    return out, {"before": profile(df), "after": profile(out), "actions": list(actions)}
 
 # %% ../nbs/01_data.ipynb #cfda0553
 def plot_quality(quality: dict,  # the report from `clean_frame`
@@ -726,7 +787,62 @@ def _check_fractions(valid_frac, test_frac, stream_frac):
         raise DataError(f"valid_frac + test_frac + stream_frac = {valid_frac + test_frac + stream_frac:.2f} leaves "
                         "too little for training (must be < 0.9)")
 
+# %% ../nbs/01_data.ipynb #f95006e2
+def time_split(df: pd.DataFrame, time_column: str, valid_frac: float, test_frac: float,
+               stream_frac: float) -> dict[str, pd.DataFrame]:
+    "Past rows → train, valid, test in time order; the latest `stream_frac` → stream (when > 0)."
+    if not time_column or time_column not in df.columns:
+        raise DataError(f"a time split needs time_column naming a column of the data, got {time_column!r}")
+    n = len(df)
+    ordered = df.sort_values(time_column, kind="stable").reset_index(drop=True)
+    times = ordered[time_column]
+    stream_start = times.iloc[min(int(round(n * (1 - stream_frac))), n - 1)] if stream_frac > 0 else None
+    past = ordered[times < stream_start] if stream_start is not None else ordered
+    m, past_times = len(past), pd.Index(past[time_column])
 
+    def cut(i):  # move a boundary back to the first row of its timestamp: one timestamp, one split
+        return int(past_times.searchsorted(past_times[i], side="left")) if 0 < i < m else i
+
+    n_train = cut(int(round(m * (1 - (valid_frac + test_frac) / (1 - stream_frac)))))
+    n_valid_end = cut(int(round(m * (1 - test_frac / (1 - stream_frac)))))
+    splits = {"train": past.iloc[:n_train], "valid": past.iloc[n_train:n_valid_end], "test": past.iloc[n_valid_end:]}
+    if stream_start is not None:
+        splits["stream"] = ordered[times >= stream_start]
+    return splits
+
+# %% ../nbs/01_data.ipynb #4af23bfb
+def random_split(df: pd.DataFrame, target: str, valid_frac: float, test_frac: float, stratify: bool = True,
+                 seed: int = 0) -> dict[str, pd.DataFrame]:
+    "Rows → train, valid, test at random; stratified by class for classification."
+    from sklearn.model_selection import train_test_split
+
+    labels = df[target] if stratify and infer_task(df[target]) == "classification" else None
+    if labels is not None and labels.value_counts().min() < 3:
+        labels = None  # a class with one or two rows cannot be spread over three splits
+    try:
+        train, rest = train_test_split(df, test_size=valid_frac + test_frac, random_state=seed, stratify=labels)
+        valid, test = train_test_split(rest, test_size=test_frac / (valid_frac + test_frac), random_state=seed,
+                                       stratify=rest[target] if labels is not None else None)
+    except ValueError as e:
+        raise DataError(f"cannot split {len(df)} rows (valid_frac={valid_frac}, test_frac={test_frac}): {e}") from None
+    return {"train": train, "valid": valid, "test": test}
+
+# %% ../nbs/01_data.ipynb #b92d8fe5
+def group_split(df: pd.DataFrame, group_column: str, valid_frac: float, test_frac: float,
+                seed: int = 0) -> dict[str, pd.DataFrame]:
+    "Whole groups → train, valid, test, in a random order of groups."
+    if not group_column or group_column not in df.columns:
+        raise DataError(f"a group split needs group_column naming a column of the data, got {group_column!r}")
+    groups = df[group_column].astype("string").fillna("<missing>")
+    sizes = groups.value_counts(sort=False)
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    cumulative = sizes.iloc[order].cumsum() / len(df)
+    bucket = pd.Series(np.select([cumulative <= 1 - valid_frac - test_frac, cumulative <= 1 - test_frac],
+                                 ["train", "valid"], "test"), index=sizes.index[order])
+    assigned = groups.map(bucket).to_numpy()
+    return {name: df[assigned == name] for name in ("train", "valid", "test")}
+
+# %% ../nbs/01_data.ipynb #1f05a2ad
 def split_frame(df: pd.DataFrame,  # cleaned data
                 target: str,  # the target column (stratifies random splits)
                 method: str = "auto",  # "auto", "time", "random" or "group"
@@ -741,63 +857,23 @@ def split_frame(df: pd.DataFrame,  # cleaned data
     "Split `df` into the frames later stages read."
     if method not in SPLIT_METHODS:
         raise DataError(f"split method must be one of {SPLIT_METHODS}, got {method!r}")
-    if method == "auto":
-        method = "time" if time_column else "random"
-    _check_fractions(valid_frac, test_frac, stream_frac if method == "time" else 0.0)
-    n = len(df)
-    needed = rows_needed(valid_frac, test_frac, stream_frac if method == "time" else 0.0)
-    if n < needed:
-        raise DataError(f"{n} rows are too few to split: valid_frac={valid_frac}, test_frac={test_frac}"
-                        + (f", stream_frac={stream_frac}" if method == "time" else "") + f" need at least {needed} "
-                        f"rows ({MIN_SPLIT_ROWS} in each of the validation and test splits)")
+    method = ("time" if time_column else "random") if method == "auto" else method
+    stream_frac = stream_frac if method == "time" else 0.0
+    _check_fractions(valid_frac, test_frac, stream_frac)
+    fractions = f"valid_frac={valid_frac}, test_frac={test_frac}" + (f", stream_frac={stream_frac}" if stream_frac else "")
+    if len(df) < rows_needed(valid_frac, test_frac, stream_frac):
+        raise DataError(f"{len(df)} rows are too few to split: {fractions} need at least "
+                        f"{rows_needed(valid_frac, test_frac, stream_frac)} rows ({MIN_SPLIT_ROWS} in each of the "
+                        "validation and test splits)")
     if method == "time":
-        if not time_column or time_column not in df.columns:
-            raise DataError(f"a time split needs time_column naming a column of the data, got {time_column!r}")
-        ordered = df.sort_values(time_column, kind="stable").reset_index(drop=True)
-        times = ordered[time_column]
-        stream_start = times.iloc[min(int(round(n * (1 - stream_frac))), n - 1)] if stream_frac > 0 else None
-        stream = ordered[times >= stream_start] if stream_start is not None else ordered.iloc[:0]
-        past = ordered[times < stream_start] if stream_start is not None else ordered
-        m, past_times = len(past), pd.Index(past[time_column])
-
-        def cut(i):  # move a boundary back to the first row of its timestamp: one timestamp, one split
-            return int(past_times.searchsorted(past_times[i], side="left")) if 0 < i < m else i
-
-        n_train = cut(int(round(m * (1 - (valid_frac + test_frac) / (1 - stream_frac)))))
-        n_valid_end = cut(int(round(m * (1 - test_frac / (1 - stream_frac)))))
-        splits = {"train": past.iloc[:n_train], "valid": past.iloc[n_train:n_valid_end],
-                  "test": past.iloc[n_valid_end:]}
-        if stream_frac > 0:
-            splits["stream"] = stream
+        splits = time_split(df, time_column, valid_frac, test_frac, stream_frac)
     elif method == "random":
-        from sklearn.model_selection import train_test_split
-
-        labels = df[target] if stratify and infer_task(df[target]) == "classification" else None
-        if labels is not None and labels.value_counts().min() < 3:
-            labels = None  # a class with one or two rows cannot be spread over three splits
-        try:
-            train, rest = train_test_split(df, test_size=valid_frac + test_frac, random_state=seed, stratify=labels)
-            rest_labels = rest[target] if labels is not None else None
-            valid, test = train_test_split(rest, test_size=test_frac / (valid_frac + test_frac), random_state=seed,
-                                           stratify=rest_labels)
-        except ValueError as e:
-            raise DataError(f"cannot split {n} rows (valid_frac={valid_frac}, test_frac={test_frac}): {e}") from None
-        splits = {"train": train, "valid": valid, "test": test}
+        splits = random_split(df, target, valid_frac, test_frac, stratify, seed)
     else:
-        if not group_column or group_column not in df.columns:
-            raise DataError(f"a group split needs group_column naming a column of the data, got {group_column!r}")
-        groups = df[group_column].astype("string").fillna("<missing>")
-        sizes = groups.value_counts(sort=False)
-        order = np.random.default_rng(seed).permutation(len(sizes))
-        cumulative = sizes.iloc[order].cumsum() / n
-        bucket = pd.Series(np.select([cumulative <= 1 - valid_frac - test_frac, cumulative <= 1 - test_frac],
-                                     ["train", "valid"], "test"), index=sizes.index[order])
-        assigned = groups.map(bucket)
-        splits = {name: df[assigned.to_numpy() == name] for name in ("train", "valid", "test")}
+        splits = group_split(df, group_column, valid_frac, test_frac, seed)
     for name in ("train", "valid", "test"):
         if len(splits[name]) == 0:
-            raise DataError(f"split {name!r} is empty: {n} rows are too few for valid_frac={valid_frac}, "
-                            f"test_frac={test_frac}" + (f", stream_frac={stream_frac}" if method == "time" else ""))
+            raise DataError(f"split {name!r} is empty: {len(df)} rows are too few for {fractions}")
     return {name: part.reset_index(drop=True) for name, part in splits.items()}
 
 # %% ../nbs/01_data.ipynb #7a94f213
@@ -874,7 +950,7 @@ def _single_feature_score(x: pd.Series, y: np.ndarray, task: str, fit_rows: np.n
         return float(r2_score(y[score_rows], predicted)) if np.var(y[score_rows]) > 0 else float("nan")
     return float(balanced_accuracy_score(y[score_rows], predicted))
 
-
+# %% ../nbs/01_data.ipynb #bf246dde
 def _identities(df: pd.DataFrame, y: np.ndarray, columns: list[str], tolerance: float = 1e-6) -> list[dict]:
     "Pairs of numeric columns whose sum, difference, product or ratio equals the target on (almost) every row."
     found = []
@@ -893,7 +969,7 @@ def _identities(df: pd.DataFrame, y: np.ndarray, columns: list[str], tolerance: 
                         found.append({"columns": [left, right], "expression": f"{left} {symbol} {right}"})
     return found
 
-
+# %% ../nbs/01_data.ipynb #5470a164
 def find_leaks(df: pd.DataFrame,  # cleaned data
                target: str,  # the target column
                task: str,  # "classification" or "regression"
@@ -1352,81 +1428,112 @@ def dataset_record(raw: pd.DataFrame,  # the collected table, before cleaning
             "target": schema.target, "task": schema.task, "classes": schema.classes}
 
 
-# %% ../nbs/01_data.ipynb #cfa4f292
+# %% ../nbs/01_data.ipynb #f3e368bb
+def describe_columns(cleaned: pd.DataFrame,  # cleaned data
+                     target: str, task: str, time_column: str | None,
+                     id_columns: list[str],  # identifiers the user (or the flights defaults) named
+                     config: DataConfig,
+                    ) -> tuple[Schema, dict]:  # the schema, and the screening report for quality.json
+    "Screen the columns for identifiers and leaks, and infer the schema with their roles."
+    given_ids = [c for c in id_columns if c in cleaned.columns]  # cleaning may have dropped one
+    screening = screen_columns(cleaned, target, task, time_column, given_ids, config)
+    schema = infer_schema(cleaned, target, task, time_column=time_column,
+                          id_columns=given_ids + list(screening["id_columns"]))
+    if config.drop_leaky:
+        for leak in screening["leaks"]:
+            for name in leak["columns"]:
+                schema.columns[name].role = "ignore"
+    return schema, screening
+
+# %% ../nbs/01_data.ipynb #d164bdc7
+def usable_derived(derived: dict[str, str],  # new feature → expression
+                   columns,  # the cleaned data's columns
+                   explicit: bool,  # the user gave them (an error when one cannot be computed)
+                  ) -> dict[str, str]:
+    "The derived features the data can compute; an explicit one it cannot is a `DataError`."
+    unusable = {name: expr for name, expr in derived.items() if not set(check_expression(expr)) <= set(columns)}
+    if unusable and explicit:
+        raise DataError(f"derived feature(s) {sorted(unusable)} use columns the cleaned data lacks: "
+                        + "; ".join(f"{n} = {e}" for n, e in unusable.items()))
+    return {name: expr for name, expr in derived.items() if name not in unusable}
+
+# %% ../nbs/01_data.ipynb #945e54e5
+def leak_free_splits(cleaned: pd.DataFrame, schema: Schema, config: DataConfig,
+                     method: str) -> tuple[dict[str, pd.DataFrame], dict]:
+    "Split, then remove from later splits the rows identical to training rows; (splits, rows removed)."
+    splits = split_frame(cleaned, schema.target, method, config.valid_frac, config.test_frac, config.stream_frac,
+                         time_column=schema.time_column, group_column=config.group_column, seed=config.seed)
+    splits, leaked = check_leakage(splits, schema.names("feature") + [schema.target])
+    for name in ("valid", "test"):
+        if len(splits[name]) == 0:
+            raise DataError(f"every row of the {name} split also appears in training; the data is too repetitive")
+    return splits, leaked
+
+# %% ../nbs/01_data.ipynb #52f851f3
+def split_report(splits: dict[str, pd.DataFrame], schema: Schema, config: DataConfig, method: str,
+                 leaked: dict) -> dict:
+    "The content of `data/splits.json`."
+    info = {"method": method, "time_column": schema.time_column, "group_column": config.group_column,
+            "fractions": {"valid": config.valid_frac, "test": config.test_frac,
+                          "stream": config.stream_frac if method == "time" else 0.0},
+            "rows": {name: len(part) for name, part in splits.items()}, "leaked_rows_removed": leaked,
+            "seed": config.seed}
+    if schema.time_column:
+        info["periods"] = {name: [part[schema.time_column].min(), part[schema.time_column].max()]
+                           for name, part in splits.items() if len(part)}
+    if schema.task == "classification":
+        binary = len(schema.classes) == 2
+        info["positive_share" if binary else "class_shares"] = {
+            name: float((part[schema.target] == schema.classes[-1]).mean()) if binary
+            else part[schema.target].value_counts(normalize=True).to_dict()
+            for name, part in splits.items() if len(part)}
+    return info
+
+# %% ../nbs/01_data.ipynb #bcd5c0e2
+def write_prepared(run: Run, prepared: PreparedData, dataset: dict):
+    "Write the splits, schema, dataset record, quality report, split report and feature pipeline into `run`."
+    for name in SPLITS:
+        relpath = f"data/{name}.parquet"
+        if name in prepared.splits:
+            part = prepared.splits[name]
+            run.write_artifact(relpath, lambda p, part=part: part.to_parquet(p, index=False))
+        elif run.exists(relpath):
+            run.remove_artifact(relpath)
+    run.write_json("data/schema.json", prepared.schema.to_dict())
+    run.write_json("data/dataset.json", dataset)
+    run.write_json("data/quality.json", prepared.quality)
+    run.write_json("data/splits.json", prepared.split_info)
+    run.write_json("features/pipeline.json", prepared.pipeline.to_dict())
+
+# %% ../nbs/01_data.ipynb #9c076e77
 def prepare_data(run: Run,  # the run directory to write into
                  config: DataConfig | None = None,  # parameters; defaults → the embedded flights data
                 ) -> PreparedData:
     "Collect, clean, describe, split and featurise the data; write the data and features artifacts."
     config = config or DataConfig()
     raw, source = collect(config)
-    target = config.target or source["target"]
-    time_column = config.time_column or source["time_column"]
-    id_columns = list(config.id_columns or source["id_columns"])
-    constraints = config.constraints if config.constraints is not None else source["constraints"]
-    derived = config.derived if config.derived is not None else source["derived"]
+    target, time_column = config.target or source["target"], config.time_column or source["time_column"]
     if config.schema_path:
         raw = check_frame(raw, Schema.load(config.schema_path))
-
     cleaned, quality = clean_frame(raw, CleanConfig(
-        target=target, key_columns=config.key_columns, constraints=constraints, missing=config.missing,
-        on_inf=config.on_inf, max_missing_frac=config.max_missing_frac))
-    quality["source"] = source["source"]
-    quality["joins"] = source["joins"]
+        target=target, key_columns=config.key_columns, missing=config.missing, on_inf=config.on_inf,
+        constraints=config.constraints if config.constraints is not None else source["constraints"],
+        max_missing_frac=config.max_missing_frac))
     task = check_target(cleaned, target, config.task)
-    given_ids = [c for c in id_columns if c in cleaned.columns]  # cleaning may have dropped one
-    screening = screen_columns(cleaned, target, task, time_column, given_ids, config)
-    quality.update(screening)
-    schema = infer_schema(cleaned, target, task, time_column=time_column,
-                          id_columns=given_ids + list(screening["id_columns"]))
-    if config.drop_leaky:
-        for leak in screening["leaks"]:
-            for name in leak["columns"]:
-                schema.columns[name].role = "ignore"  # kept in the data, never a feature
-    unusable = {name: expr for name, expr in derived.items() if not set(check_expression(expr)) <= set(cleaned.columns)}
-    if unusable and config.derived is not None:
-        raise DataError(f"derived feature(s) {sorted(unusable)} use columns the cleaned data lacks: "
-                        + "; ".join(f"{n} = {e}" for n, e in unusable.items()))
-    derived = {name: expr for name, expr in derived.items() if name not in unusable}  # defaults adapt to the data
-
+    schema, screening = describe_columns(cleaned, target, task, time_column,
+                                         list(config.id_columns or source["id_columns"]), config)
+    quality.update(source=source["source"], joins=source["joins"], **screening)
+    derived = usable_derived(config.derived if config.derived is not None else source["derived"], cleaned.columns,
+                             explicit=config.derived is not None)
     method = config.split if config.split != "auto" else ("time" if schema.time_column else "random")
-    splits = split_frame(cleaned, target, method, config.valid_frac, config.test_frac, config.stream_frac,
-                         time_column=schema.time_column, group_column=config.group_column, seed=config.seed)
-    content = schema.names("feature") + [target]
-    splits, leaked = check_leakage(splits, content)
-    for name in ("valid", "test"):
-        if len(splits[name]) == 0:
-            raise DataError(f"every row of the {name} split also appears in training; the data is too repetitive")
+    splits, leaked = leak_free_splits(cleaned, schema, config, method)
     pipeline = FeaturePipeline.from_schema(schema, derived=derived, min_frequency=config.min_frequency,
                                            max_categories=config.max_categories).fit(splits["train"])
     pipeline.transform(splits["valid"].head(100))  # fail now, before writing, if the pipeline cannot apply
-
-    split_info = {"method": method, "time_column": schema.time_column, "group_column": config.group_column,
-                  "fractions": {"valid": config.valid_frac, "test": config.test_frac,
-                                "stream": config.stream_frac if method == "time" else 0.0},
-                  "rows": {name: len(part) for name, part in splits.items()},
-                  "leaked_rows_removed": leaked, "seed": config.seed}
-    if schema.time_column:
-        split_info["periods"] = {name: [part[schema.time_column].min(), part[schema.time_column].max()]
-                                 for name, part in splits.items() if len(part)}
-    if schema.task == "classification":
-        split_info["positive_share" if len(schema.classes) == 2 else "class_shares"] = {
-            name: (float((part[target] == schema.classes[-1]).mean()) if len(schema.classes) == 2
-                   else part[target].value_counts(normalize=True).to_dict())
-            for name, part in splits.items() if len(part)}
-
-    for name in SPLITS:  # all checks passed: write
-        relpath = f"data/{name}.parquet"
-        if name in splits:
-            part = splits[name]
-            run.write_artifact(relpath, lambda p, part=part: part.to_parquet(p, index=False))
-        elif run.exists(relpath):
-            run.remove_artifact(relpath)
-    run.write_json("data/schema.json", schema.to_dict())
-    run.write_json("data/dataset.json", dataset_record(raw, source["source"], schema))
-    run.write_json("data/quality.json", quality)
-    run.write_json("data/splits.json", split_info)
-    run.write_json("features/pipeline.json", pipeline.to_dict())
-    return PreparedData(splits=splits, schema=schema, pipeline=pipeline, quality=quality, split_info=split_info)
+    prepared = PreparedData(splits=splits, schema=schema, pipeline=pipeline, quality=quality,
+                            split_info=split_report(splits, schema, config, method, leaked))
+    write_prepared(run, prepared, dataset_record(raw, source["source"], schema))
+    return prepared
 
 # %% ../nbs/01_data.ipynb #e78ca4fe
 def load_prepared(run: Run,  # a run directory

@@ -35,9 +35,10 @@ __all__ = ['OPTIMIZERS', 'SCHEDULES', 'ACTIVATIONS', 'NORMS', 'METRICS', 'TASK_M
            'TrainConfig', 'ModelConfig', 'TabularMLP', 'DeviceData', 'task_kind', 'check_features', 'device_data',
            'make_loss', 'resolve_metric', 'output_scores', 'compute_metric', 'learning_rate', 'save_checkpoint',
            'load_checkpoint', 'TrainResult', 'distributed', 'init_distributed', 'predict_outputs', 'batch_size_for',
-           'fit', 'check_model_name', 'plot_history', 'save_model', 'TrainedModel', 'model_config', 'load_model',
-           'trained_pipeline', 'parse_search_space', 'suggest', 'open_storage', 'tune', 'plot_study', 'save_study',
-           'TrainParams', 'TrainStageResult', 'train_stage']
+           'check_fit_inputs', 'training_device', 'training_fingerprint', 'validation_entry', 'fit', 'check_model_name',
+           'plot_history', 'save_model', 'TrainedModel', 'model_config', 'load_model', 'trained_pipeline',
+           'parse_search_space', 'suggest', 'open_storage', 'tune', 'plot_study', 'save_study', 'TrainParams',
+           'TrainStageResult', 'train_stage']
 
 # %% ../nbs/02_train.ipynb #1b0978ce
 class TrainError(MLLifecycleError):
@@ -388,7 +389,7 @@ def _barrier():
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
-
+# %% ../nbs/02_train.ipynb #9325dea7
 class _StopOnSignal:
     "While active, SIGTERM sets a flag the loop checks between batches (only in the main thread)."
 
@@ -409,11 +410,11 @@ class _StopOnSignal:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
-
+# %% ../nbs/02_train.ipynb #de6b1a2b
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 1) % (2**63 - 1)
 
-
+# %% ../nbs/02_train.ipynb #3d943316
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     "The optimiser, with weight decay on matrices and embeddings only; Adam(W) fused into one kernel where it can be."
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -426,7 +427,7 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         return torch.optim.Adam(groups, lr=config.lr, fused=fused)
     return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
 
-
+# %% ../nbs/02_train.ipynb #da1dbfd3
 def _digest(*arrays: np.ndarray) -> str:
     h = hashlib.blake2b(digest_size=16)
     for a in arrays:
@@ -435,7 +436,7 @@ def _digest(*arrays: np.ndarray) -> str:
             h.update(np.ascontiguousarray(a).data)
     return h.hexdigest()
 
-
+# %% ../nbs/02_train.ipynb #578d4063
 @torch.inference_mode()
 def predict_outputs(model: nn.Module, data: DeviceData, batch_size: int = 65536, amp: bool = False) -> torch.Tensor:
     "Raw model outputs for every row of `data`, in evaluation mode, in large batches."
@@ -477,7 +478,7 @@ class _Plan:
     def rows_seen(self) -> int:
         return min(self.steps * self.batch, self.rows)
 
-
+# %% ../nbs/02_train.ipynb #57527957
 def _plan(n_rows: int, config: TrainConfig, world: int) -> _Plan:
     "Batch and steps for `n_rows`: a small split gets smaller batches, then several passes per epoch."
     share = n_rows // world
@@ -492,7 +493,7 @@ def _plan(n_rows: int, config: TrainConfig, world: int) -> _Plan:
                         "use norm='layer' or more data")
     return _Plan(rows=rows, batch=batch, passes=passes, steps=steps, total_steps=config.epochs * steps)
 
-
+# %% ../nbs/02_train.ipynb #aa0f9a30
 @dataclass
 class _Progress:
     "Where training stands after a number of epochs: what a checkpoint saves besides the model and optimiser."
@@ -515,7 +516,14 @@ class _Progress:
         else:
             self.bad_epochs += 1
 
+    def keep_best(self, model: nn.Module):
+        "Load the best epoch's weights into `model`, in evaluation mode; no finished epoch is a `TrainError`."
+        if self.best_state is None:
+            raise TrainError("no epoch finished, so there is no model")
+        model.load_state_dict(self.best_state)
+        model.eval()
 
+# %% ../nbs/02_train.ipynb #0d21db42
 def _resume(checkpoint: Path, fingerprint: dict, model: nn.Module, optimizer) -> _Progress:
     "Load the checkpoint into `model` and `optimizer` after checking it was made by the same settings and data."
     state = load_checkpoint(checkpoint)
@@ -527,7 +535,7 @@ def _resume(checkpoint: Path, fingerprint: dict, model: nn.Module, optimizer) ->
     optimizer.load_state_dict(state["optimizer"])
     return _Progress(**state["progress"])
 
-
+# %% ../nbs/02_train.ipynb #89e05cd5
 def _train_epoch(network: nn.Module, optimizer, loss_fn: nn.Module, config: TrainConfig, data: DeviceData,
                  plan: _Plan, epoch: int, amp: bool, stop: _StopOnSignal) -> tuple[torch.Tensor, float]:
     "One epoch: this process's share of the epoch's permutation(s); returns (summed loss on the device, last lr)."
@@ -562,7 +570,7 @@ def _train_epoch(network: nn.Module, optimizer, loss_fn: nn.Module, config: Trai
         step += 1
     return loss_sum, lr
 
-
+# %% ../nbs/02_train.ipynb #9da85d4f
 def _sync_replicas(model: nn.Module, loss_sum: torch.Tensor):
     "Under DDP: total the epoch's loss over processes and copy rank 0's normalisation statistics to the others."
     import torch.distributed as dist
@@ -572,7 +580,61 @@ def _sync_replicas(model: nn.Module, loss_sum: torch.Tensor):
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)  # same statistics → same evaluation and early stopping everywhere
 
-# %% ../nbs/02_train.ipynb #a1280532
+# %% ../nbs/02_train.ipynb #1939b2c8
+def check_fit_inputs(train: Features, valid: Features,  # the two splits' features
+                     model_config: ModelConfig,  # what the model will expect
+                     metric: str,  # the early-stopping metric ("auto" allowed)
+                     kind: str,  # "binary", "multiclass" or "regression"
+                    ) -> str:  # the resolved metric
+    "Check the splits against the model and each other; resolve the early-stopping metric."
+    for split, features in (("training", train), ("validation", valid)):
+        check_features(features, model_config, name=f"{split} features")  # validation: same pipeline as training
+        if features.target is None:
+            raise DataError(f"the {split} features have no target: transform a frame that has the target column")
+    metric = resolve_metric(metric, kind)
+    if metric == "auroc" and len(np.unique(valid.target)) < 2:
+        raise DataError("the validation split has a single class, so AUROC is undefined; use metric='loss'")
+    return metric
+
+# %% ../nbs/02_train.ipynb #8d5baf86
+def training_device(device: str = "auto",  # "auto", "cpu", "cuda", "cuda:N" or "mps"
+                    amp: str | bool = "auto",  # bf16 autocast: "auto" → on CUDA only
+                   ) -> tuple[str, bool, int, int]:  # device, amp, rank, world size
+    "Choose the device (joining torchrun's process group when there is one) and whether to autocast."
+    device = init_distributed(choose_device(device))
+    rank, world = distributed()
+    amp = device.startswith("cuda") if amp == "auto" else bool(amp)
+    if amp and not device.startswith("cuda"):
+        raise ParamError("amp (bf16 autocast) is for CUDA devices; use amp='auto' or False on this device")
+    return device, amp, rank, world
+
+
+def _data_parallel(model: nn.Module, device: str) -> nn.Module:
+    "`model` wrapped for DistributedDataParallel training (under torchrun)."
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[torch.device(device)] if device.startswith("cuda") else None)
+
+# %% ../nbs/02_train.ipynb #87ca95d5
+def training_fingerprint(config: TrainConfig, model_config: ModelConfig, kind: str, classes: list | None,
+                         metric: str, train: Features, valid: Features, device: str, amp: bool, world: int) -> dict:
+    "What a checkpoint must have been made with to be resumed: settings, architecture, data hash, device, world."
+    unchecked = ("patience",) if config.schedule != "constant" else ("patience", "epochs")  # epochs set the lr
+    return {**{k: v for k, v in asdict(config).items() if k not in unchecked},
+            "model": asdict(model_config), "kind": kind, "classes": classes, "metric": metric,
+            "train_data": _digest(train.numeric, train.categorical, train.target),
+            "valid_data": _digest(valid.numeric, valid.categorical, valid.target),
+            "device": device.split(":")[0], "amp": amp, "world_size": world}
+
+# %% ../nbs/02_train.ipynb #1de90141
+def validation_entry(model: nn.Module, valid: DeviceData, metric: str, kind: str, loss_fn: nn.Module,
+                     target_scale: dict | None, amp: bool) -> tuple[float, dict]:
+    "The validation metric of `model` and the epoch's history entry (validation loss and metric)."
+    outputs = predict_outputs(model, valid, amp=amp)
+    value = compute_metric(metric, kind, outputs, valid.target, loss_fn, target_scale)
+    return value, {"valid_loss": float(loss_fn(outputs, valid.target)), metric: value}
+
+# %% ../nbs/02_train.ipynb #7eb12cab
 def fit(train: Features,  # training features with their target
         valid: Features,  # validation features with their target (early stopping, best epoch)
         config: TrainConfig | None = None,  # hyperparameters
@@ -588,52 +650,25 @@ def fit(train: Features,  # training features with their target
     "Train a `TabularMLP` on `train`, early-stopping on `valid`; checkpoint every epoch and resume."
     from tqdm import tqdm
 
-    config = config or TrainConfig()
-    started = time.perf_counter()
-    kind = task_kind(classes)
+    config, started, kind = config or TrainConfig(), time.perf_counter(), task_kind(classes)
     model_config = ModelConfig.build(train, len(classes) if kind == "multiclass" else 1, config)
-    for split, features in (("training", train), ("validation", valid)):
-        check_features(features, model_config, name=f"{split} features")  # validation: same pipeline as training
-        if features.target is None:
-            raise DataError(f"the {split} features have no target: transform a frame that has the target column")
-    metric = resolve_metric(config.metric, kind)
-    if metric == "auroc" and len(np.unique(valid.target)) < 2:
-        raise DataError("the validation split has a single class, so AUROC is undefined; use metric='loss'")
-    device = init_distributed(choose_device(device))
-    rank, world = distributed()
-    amp = device.startswith("cuda") if amp == "auto" else bool(amp)
-    if amp and not device.startswith("cuda"):
-        raise ParamError("amp (bf16 autocast) is for CUDA devices; use amp='auto' or False on this device")
-    target_scale = None
-    if kind == "regression":
-        target_scale = {"mean": float(np.mean(train.target)), "std": float(np.std(train.target)) or 1.0}
-    train_data = device_data(train, device, kind, target_scale)
-    valid_data = device_data(valid, device, kind, target_scale)
+    metric = check_fit_inputs(train, valid, model_config, config.metric, kind)
+    device, amp, rank, world = training_device(device, amp)
+    target_scale = {"mean": float(np.mean(train.target)), "std": float(np.std(train.target)) or 1.0} \
+        if kind == "regression" else None
+    train_data, valid_data = (device_data(f, device, kind, target_scale) for f in (train, valid))
     loss_fn = make_loss(kind, train.target, config.class_weight, len(classes or []), device)
     plan = _plan(len(train_data), config, world)
-
     torch.manual_seed(config.seed)
     model = TabularMLP(model_config).to(device)
     optimizer = _make_optimizer(model, config)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = None
-    if checkpoint is not None:  # it hashes all the data: only worth it when a checkpoint will be compared with it
-        unchecked = ("patience",) if config.schedule != "constant" else ("patience", "epochs")  # epochs set the lr
-        fingerprint = {**{k: v for k, v in asdict(config).items() if k not in unchecked},
-                       "model": asdict(model_config), "kind": kind, "classes": classes, "metric": metric,
-                       "train_data": _digest(train.numeric, train.categorical, train.target),
-                       "valid_data": _digest(valid.numeric, valid.categorical, valid.target),
-                       "device": device.split(":")[0], "amp": amp, "world_size": world}
+    fingerprint = None if checkpoint is None else training_fingerprint(  # hashes the data: only when compared
+        config, model_config, kind, classes, metric, train, valid, device, amp, world)
     resuming = checkpoint is not None and resume and checkpoint.exists()
     state = _resume(checkpoint, fingerprint, model, optimizer) if resuming else _Progress()
     resumed_from = state.epoch if resuming else None  # a finished run (all epochs, or early-stopped) trains no more
-
-    network = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [torch.device(device)] if device.startswith("cuda") else None
-        network = DistributedDataParallel(model, device_ids=device_ids)
+    network = _data_parallel(model, device) if world > 1 else model
     bar = tqdm(total=config.epochs, initial=state.epoch, desc=desc, unit="epoch", file=sys.stderr,
                disable=not progress or rank != 0, dynamic_ncols=True)
     with _StopOnSignal() as stop, bar:
@@ -643,16 +678,14 @@ def fit(train: Features,  # training features with their target
             epoch_started = time.perf_counter()
             loss_sum, lr = _train_epoch(network, optimizer, loss_fn, config, train_data, plan, epoch, amp, stop)
             _sync_replicas(model, loss_sum)
-            train_loss = float(loss_sum) / (plan.rows_seen * world)
-            train_seconds = time.perf_counter() - epoch_started
+            train_loss, train_seconds = float(loss_sum) / (plan.rows_seen * world), time.perf_counter() - epoch_started
             if not math.isfinite(train_loss):
                 raise TrainError(f"training diverged: the loss is {train_loss} in epoch {epoch + 1}; "
                                  "lower the learning rate or keep gradient clipping on")
-            outputs = predict_outputs(model, valid_data, amp=amp)
-            value = compute_metric(metric, kind, outputs, valid_data.target, loss_fn, target_scale)
+            value, scores = validation_entry(model, valid_data, metric, kind, loss_fn, target_scale, amp)
             state.update(value, METRICS[metric], model, {
-                "epoch": epoch + 1, "train_loss": train_loss, "valid_loss": float(loss_fn(outputs, valid_data.target)),
-                metric: value, "lr": lr, "seconds": round(time.perf_counter() - epoch_started, 4),
+                "epoch": epoch + 1, "train_loss": train_loss, **scores, "lr": lr,
+                "seconds": round(time.perf_counter() - epoch_started, 4),
                 "train_samples_per_s": round(plan.rows_seen * world / train_seconds, 1)})
             bar.update(1)
             bar.set_postfix({"loss": f"{train_loss:.4f}", metric: f"{value:.4f}"})
@@ -661,10 +694,7 @@ def fit(train: Features,  # training features with their target
                                              "optimizer": optimizer.state_dict(), "progress": asdict(state)})
             if on_epoch is not None:
                 on_epoch(epoch + 1, value)
-    if state.best_state is None:
-        raise TrainError("no epoch finished, so there is no model")
-    model.load_state_dict(state.best_state)
-    model.eval()
+    state.keep_best(model)
     _barrier()
     return TrainResult(model=model, model_config=model_config, config=config, kind=kind, classes=classes,
                        target_scale=target_scale, metric=metric, best_metric=state.best_metric,

@@ -52,7 +52,7 @@ def _check_scores(target: np.ndarray, scores: np.ndarray, split: str):
     if not np.isfinite(scores).all():
         raise ValidationError(f"the model's outputs on the {split} split have NaN or infinite values")
 
-
+# %% ../nbs/03_validate.ipynb #9ef4a1da
 def classification_metrics(target: np.ndarray,  # class index per row
                            scores: np.ndarray,  # P(class 1) (binary) or class probabilities (rows, classes)
                            classes: list,  # the class labels
@@ -215,14 +215,14 @@ def _per_row(metric: str, kind: str, target: np.ndarray, scores: np.ndarray, thr
     error = np.asarray(scores, dtype="float64") - target
     return np.abs(error) if metric == "mae" else error * error if metric == "rmse" else np.asarray(scores, "float64")
 
-
+# %% ../nbs/03_validate.ipynb #dc00610f
 def _score_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Rows in score order, and where each run of equal scores starts (AUROC's tie groups)."
     order = np.argsort(values, kind="stable")
     ordered = values[order]
     return order, np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
 
-
+# %% ../nbs/03_validate.ipynb #5117591e
 def _resampled(metric: str,  # "auroc", "accuracy", "rmse", "mae" or "r2"
                target: np.ndarray,  # (rows,) encoded target
                values: np.ndarray,  # (rows,) `_per_row` values of one model
@@ -249,7 +249,7 @@ def _resampled(metric: str,  # "auroc", "accuracy", "rmse", "mae" or "r2"
     with np.errstate(invalid="ignore", divide="ignore"):
         return 1 - (counts * (values - target) ** 2).sum(axis=1) / (counts * (target - mean) ** 2).sum(axis=1)
 
-
+# %% ../nbs/03_validate.ipynb #b0c1cf36
 def paired_bootstrap(metric: str,  # "auroc", "accuracy", "rmse", "mae" or "r2"
                      target: np.ndarray,  # encoded target per test row
                      per_row: dict[str, np.ndarray],  # model → `_per_row` values on the same rows
@@ -442,7 +442,7 @@ class OutOfFold:
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0)
 
-
+# %% ../nbs/03_validate.ipynb #2210ac7c
 def cross_validate(frame: pd.DataFrame,  # development rows (training + validation)
                    schema: Schema,
                    pipeline_settings: dict,  # `FeaturePipeline.to_dict()["settings"]`: refitted in each fold
@@ -847,7 +847,7 @@ def _candidate_models(run: Run, params: ValidateParams, features: dict[str, Feat
         chosen[key] = candidate
     return chosen
 
-
+# %% ../nbs/03_validate.ipynb #b6d7342f
 def _decide_promotion(registry: Registry, version: int, params: ValidateParams, schema: Schema,
                       test_frame: pd.DataFrame, test_target: np.ndarray, metric: str, value: float) -> dict:
     "Move the registry's aliases for the new version according to `params.promote`."
@@ -896,7 +896,7 @@ class _Scored:
     threshold_info: dict[str, dict]  # how each was chosen
     metrics: dict[str, dict[str, dict]]  # model → split → metrics
 
-
+# %% ../nbs/03_validate.ipynb #dbef8761
 def _score(run: Run, names: list[str], features: dict[str, Features], kind: str, classes: list | None,
            threshold_rule: str | float, device: str) -> _Scored:
     "Load each candidate through the predict interface it will be served by, choose thresholds, measure."
@@ -911,12 +911,12 @@ def _score(run: Run, names: list[str], features: dict[str, Features], kind: str,
                       for split, f in features.items()} for name in names}
     return _Scored(predictors, scores, thresholds, info, metrics)
 
-
+# %% ../nbs/03_validate.ipynb #c3243435
 def _value(metric: str, kind: str, target: np.ndarray, scores: np.ndarray, threshold: float | None = None) -> float:
     "The primary metric of some scores, by the bootstrap's own formula."
     return point_metric(metric, target, _per_row(metric, kind, target, scores, 0.5 if threshold is None else threshold))
 
-
+# %% ../nbs/03_validate.ipynb #76e353e8
 @dataclass
 class _Choosing:
     "The rows whose figures choose the winner, and every candidate's scores on them."
@@ -925,7 +925,7 @@ class _Choosing:
     scores: dict[str, np.ndarray]
     thresholds: dict[str, Any]  # binary: a threshold per candidate (per row for out-of-fold scores)
 
-
+# %% ../nbs/03_validate.ipynb #360193c0
 def _choosing_rows(scored: _Scored, features: dict[str, Features], oof: OutOfFold | None) -> _Choosing:
     "Out-of-fold rows when cross-validation scored enough of them, else the validation split."
     if oof is not None and len(oof) >= len(features["valid"].target):  # more rows to choose on
@@ -933,7 +933,7 @@ def _choosing_rows(scored: _Scored, features: dict[str, Features], oof: OutOfFol
     return _Choosing("valid", features["valid"].target, {n: s["valid"] for n, s in scored.scores.items()},
                      scored.thresholds)
 
-
+# %% ../nbs/03_validate.ipynb #682fc2ee
 def _comparison_table(scored: _Scored, candidates: dict[str, Candidate], features: dict[str, Features],
                       choosing: _Choosing, test_rows: pd.DataFrame, kind: str, classes: list | None, metric: str,
                       params: ValidateParams) -> pd.DataFrame:
@@ -957,7 +957,6 @@ def _comparison_table(scored: _Scored, candidates: dict[str, Candidate], feature
                       "threshold": threshold,
                       f"test_{metric}": _value(metric, kind, targets["test"], scored.scores[name]["test"], threshold)})
     return pd.concat([comparison, pd.DataFrame(extra)], axis=1)
-
 
 # %% ../nbs/03_validate.ipynb #a6f37ed1
 def reported_figure(metric: str,  # the primary metric
@@ -1008,7 +1007,7 @@ def check_package(predictor: Predictor,  # the chosen model, loaded as it will b
                 f"scores this run measured (they differ by up to {worst:.3g}; allowed {tolerance:.3g}): the model or "
                 "its feature pipeline changed between measuring and packaging, so nothing was registered")
 
-
+# %% ../nbs/03_validate.ipynb #6e09370c
 def _figures(scored: _Scored, targets: dict[str, np.ndarray], kind: str, classes: list | None, metric: str,
              winner: str | None, comparison: pd.DataFrame, slices: pd.DataFrame | None,
              choosing_split: str = "valid") -> dict:
@@ -1033,7 +1032,6 @@ def _figures(scored: _Scored, targets: dict[str, np.ndarray], kind: str, classes
     if slices is not None and len(slices):
         figures["slices"] = plot_slices(slices, metric, scored.metrics[winner]["test"][metric], winner)
     return figures
-
 
 # %% ../nbs/03_validate.ipynb #3f59d50a
 def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
