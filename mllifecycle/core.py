@@ -31,7 +31,7 @@ __all__ = ['TRACKED_PACKAGES', 'CHECKSUMS', 'MLLifecycleError', 'ParamError', 'A
            'to_jsonable', 'json_text', 'write_json', 'read_json', 'update_json', 'file_sha256', 'check_integer',
            'check_number', 'check_choice', 'parameter_help', 'parameter_defaults', 'parameters_cell', 'parameters_from',
            'check_seed', 'seed_everything', 'choose_device', 'package_versions', 'package_dir', 'git_commit',
-           'capture_env', 'torch_env', 'verify_checksum', 'Run', 'new_run_id', 'open_run']
+           'capture_env', 'torch_env', 'verify_checksum', 'Run', 'new_run_id', 'open_run', 'save_figure']
 
 # %% ../nbs/00_core.ipynb #22c21e48
 class MLLifecycleError(Exception):
@@ -431,3 +431,16 @@ def open_run(run_dir: str | Path | None = None,  # the run directory; None → a
         update_json(run.file("env.json"), lambda env: env.update(torch_env()))
     seed_everything(seed, torch=torch)
     return run
+
+# %% ../nbs/00_core.ipynb #53778aea
+def save_figure(run: Run,  # the run directory
+                relpath: str,  # where, relative to the run (a .png)
+                figure,  # a matplotlib figure; closed once written
+                dpi: int = 100,
+               ) -> Path:
+    "Write a matplotlib figure as a checksummed PNG artifact of `run`, then close it."
+    import matplotlib.pyplot as plt
+
+    path = run.write_artifact(relpath, lambda p: figure.savefig(p, format="png", dpi=dpi))
+    plt.close(figure)
+    return path

@@ -26,7 +26,7 @@ from torch import nn
 
 from .core import (
     ArtifactError, MLLifecycleError, ParamError, Run, atomic_path, check_choice, check_integer, check_number, check_seed,
-    choose_device, open_run)
+    choose_device, open_run, save_figure)
 from .data import DataError, Features, FeaturePipeline, load_prepared
 
 # %% auto #0
@@ -38,7 +38,7 @@ __all__ = ['OPTIMIZERS', 'SCHEDULES', 'ACTIVATIONS', 'NORMS', 'METRICS', 'TASK_M
            'check_fit_inputs', 'training_device', 'training_fingerprint', 'validation_entry', 'fit', 'check_model_name',
            'plot_history', 'save_model', 'TrainedModel', 'model_config', 'load_model', 'trained_pipeline',
            'parse_search_space', 'suggest', 'open_storage', 'tune', 'plot_study', 'save_study', 'TrainParams',
-           'TrainStageResult', 'train_stage']
+           'set_threads', 'TrainStageResult', 'train_stage']
 
 # %% ../nbs/02_train.ipynb #1b0978ce
 class TrainError(MLLifecycleError):
@@ -763,10 +763,7 @@ def save_model(run: Run,  # the run directory
     run.write_json(f"{folder}/config.json", config)
     run.write_json(f"{folder}/history.json", result.history)
     figure = plot_history(result.history, result.metric, result.best_epoch, title=f"{name}: {result.kind}")
-    run.write_artifact(f"{folder}/plots/learning_curves.png", lambda p: figure.savefig(p, format="png", dpi=100))
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
+    save_figure(run, f"{folder}/plots/learning_curves.png", figure)
     return run.file(folder)
 
 # %% ../nbs/02_train.ipynb #d9cc15e7
@@ -1012,7 +1009,6 @@ def plot_study(study):
 # %% ../nbs/02_train.ipynb #37fcaab3
 def save_study(run: Run, study) -> dict:
     "Write tuning/trials.csv, tuning/best.json and the study plots; return best.json's content."
-    import matplotlib.pyplot as plt
     from optuna.trial import TrialState
 
     trials = study.trials_dataframe()
@@ -1024,8 +1020,7 @@ def save_study(run: Run, study) -> dict:
             "trials": counts, "workers": sorted({t.user_attrs.get("worker") for t in study.trials} - {None})}
     run.write_json("tuning/best.json", best)
     for name, figure in plot_study(study).items():
-        run.write_artifact(f"tuning/plots/{name}.png", lambda p, f=figure: f.savefig(p, format="png", dpi=100))
-        plt.close(figure)
+        save_figure(run, f"tuning/plots/{name}.png", figure)
     return best
 
 # %% ../nbs/02_train.ipynb #c07460f9
@@ -1074,6 +1069,12 @@ class TrainParams(TrainConfig):
             raise ParamError(f"unknown training parameter(s) {unknown}; the stage takes: {', '.join(sorted(known))}")
         return cls(**params)
 
+# %% ../nbs/02_train.ipynb #749579d7
+def set_threads(num_threads: int | None):
+    "Limit torch's CPU threads (None: torch's default, one per core)."
+    if num_threads:
+        torch.set_num_threads(num_threads)
+
 # %% ../nbs/02_train.ipynb #983a01c9
 @dataclass
 class TrainStageResult:
@@ -1087,8 +1088,7 @@ class TrainStageResult:
 def train_stage(params: TrainParams | None = None) -> TrainStageResult:
     "Run the training stage: prepare or load data, tune (optional), train, and write models/<name>/ and tuning/."
     params = params or TrainParams()
-    if params.num_threads:
-        torch.set_num_threads(params.num_threads)
+    set_threads(params.num_threads)
     device = choose_device(params.device)
     rank, world = distributed()
     if world > 1 and params.n_trials:

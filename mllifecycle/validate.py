@@ -18,22 +18,23 @@ import torch
 
 from .core import (
     ArtifactError, MLLifecycleError, ParamError, Run, check_choice, check_integer, check_number, check_seed,
-    choose_device, open_run)
+    choose_device, open_run, save_figure)
 from .data import DataError, FeaturePipeline, Features, Schema, load_prepared
 from mllifecycle.registry import (
     Predictions, Predictor, Registry, RegistryError, categorical_mask, features_matrix, load_predictor, save_sklearn_model,
     sklearn_scores)
 from mllifecycle.train import (
-    TrainConfig, TrainParams, TrainedModel, METRICS, TASK_METRICS, fit, resolve_metric, model_config, save_model, task_kind,
+    TrainConfig, TrainParams, TrainedModel, METRICS, TASK_METRICS, fit, resolve_metric, set_threads, model_config, save_model, task_kind,
     train_stage)
 
 # %% auto #0
 __all__ = ['ECE_BINS', 'THRESHOLD_RULES', 'CV_METHODS', 'CANDIDATES', 'LATENCY_BATCH_ROWS', 'PROMOTE_MODES', 'ValidationError',
-           'classification_metrics', 'regression_metrics', 'evaluate', 'trivial_scores', 'choose_threshold',
+           'classification_metrics', 'regression_metrics', 'evaluate', 'trivial_scores', 'f1_curve', 'choose_threshold',
            'slice_metrics', 'paired_bootstrap', 'point_metric', 'mcnemar', 'compare_models', 'cv_splits', 'Candidate',
            'make_estimator', 'fit_candidate', 'OutOfFold', 'cross_validate', 'SelectionPolicy', 'generalisation_gap',
-           'select_model', 'plot_roc', 'plot_precision_recall', 'reliability', 'plot_reliability', 'plot_threshold',
-           'plot_confusion', 'plot_residuals', 'plot_slices', 'plot_comparison', 'measure_latency', 'ValidateParams',
+           'broken_limits', 'rank_candidates', 'loss_reason', 'win_reason', 'select_model', 'plot_roc',
+           'plot_precision_recall', 'reliability', 'plot_reliability', 'plot_threshold', 'plot_confusion',
+           'plot_residuals', 'plot_slices', 'plot_comparison', 'measure_latency', 'ValidateParams',
            'ValidateStageResult', 'reported_figure', 'check_package', 'validate_stage']
 
 # %% ../nbs/03_validate.ipynb #e1e84791
@@ -151,6 +152,20 @@ def trivial_scores(train_target: np.ndarray,  # encoded training target
 THRESHOLD_RULES = ("f1", "youden")
 
 
+def f1_curve(target: np.ndarray,  # class index (0/1) per row
+             probabilities: np.ndarray,  # P(class 1) per row
+            ) -> pd.DataFrame:  # threshold, precision, recall, f1: one row per distinct threshold
+    "Precision, recall and F1 of the decision `P(class 1) ≥ threshold` at every threshold (torchmetrics)."
+    import torchmetrics.functional.classification as tmc
+
+    precision, recall, thresholds = tmc.binary_precision_recall_curve(
+        torch.as_tensor(probabilities, dtype=torch.float32), torch.as_tensor(target, dtype=torch.long))
+    precision, recall = precision[:-1], recall[:-1]
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    return pd.DataFrame({"threshold": thresholds.numpy(), "precision": precision.numpy(), "recall": recall.numpy(),
+                         "f1": f1.numpy()})
+
+# %% ../nbs/03_validate.ipynb #8428e042
 def choose_threshold(target: np.ndarray,  # class index (0/1) per validation row
                      probabilities: np.ndarray,  # P(class 1) per row
                      rule: str | float = "f1",  # "f1", "youden", or a fixed threshold in (0, 1)
@@ -166,14 +181,12 @@ def choose_threshold(target: np.ndarray,  # class index (0/1) per validation row
     if len(np.unique(target)) < 2:
         return {"threshold": 0.5, "rule": rule, "value": None,
                 "note": "the validation split holds one class: kept 0.5"}
-    p = torch.as_tensor(probabilities, dtype=torch.float32)
-    y = torch.as_tensor(target, dtype=torch.long)
     if rule == "f1":
-        precision, recall, thresholds = tmc.binary_precision_recall_curve(p, y)
-        f1 = 2 * precision[:-1] * recall[:-1] / (precision[:-1] + recall[:-1]).clamp_min(1e-12)
-        best = int(f1.argmax())
-        return {"threshold": float(thresholds[best]), "rule": rule, "value": float(f1[best])}
-    fpr, tpr, thresholds = tmc.binary_roc(p, y)
+        curve = f1_curve(target, probabilities)
+        best = int(curve["f1"].to_numpy().argmax())
+        return {"threshold": float(curve["threshold"].iloc[best]), "rule": rule, "value": float(curve["f1"].iloc[best])}
+    fpr, tpr, thresholds = tmc.binary_roc(torch.as_tensor(probabilities, dtype=torch.float32),
+                                          torch.as_tensor(target, dtype=torch.long))
     j = tpr - fpr
     best = int(j[1:].argmax()) + 1  # the first point is the "predict nothing" corner
     return {"threshold": float(thresholds[best]), "rule": rule, "value": float(j[best])}
@@ -530,72 +543,90 @@ def generalisation_gap(metric: str,  # the primary metric
         raise ValidationError(f"the gap in {metric} needs the trivial predictor's {metric} (> 0) as its unit")
     return (valid_value - train_value) / trivial_value  # the extra error, as a share of predicting the mean
 
-# %% ../nbs/03_validate.ipynb #dce1576b
-def select_model(table: pd.DataFrame,  # `compare_models` plus gap, latency_ms_per_row and size_mb columns
-                 policy: SelectionPolicy,
-                ) -> dict:  # {"winner", "reason", "candidates": {name: {"status", "reason", ...}}, "policy"}
-    "Apply the selection policy: limits, then the primary metric, then gap, latency and size among ties."
-    metric, sign = policy.metric, 1 if METRICS[policy.metric] == "maximize" else -1
-    rows = table.set_index("model")
-    candidates, eligible = {}, []
-    for name, row in rows.iterrows():
-        facts = {metric: row[metric], "gap": row["gap"], "latency_ms_per_row": row["latency_ms_per_row"],
-                 "size_mb": row["size_mb"]}
-        broken = [f"{label} {row[column]:.4g} > {limit:g}" for column, label, limit in (
-            ("gap", "generalisation gap", policy.max_gap), ("latency_ms_per_row", "latency per row (ms)",
-                                                            policy.max_latency_ms),
-            ("size_mb", "size (MB)", policy.max_size_mb)) if limit is not None and row[column] > limit]
-        if not math.isfinite(row[metric]):
-            broken.append(f"{metric} is undefined on the {policy.rows}")
-        candidates[name] = {**facts, "status": "out" if broken else "eligible",
-                            "reason": "outside the limits: " + "; ".join(broken) if broken else ""}
-        if not broken:
-            eligible.append(name)
-    if not eligible:
-        return {"winner": None, "metric": metric, "policy": asdict(policy), "candidates": candidates,
-                "reason": f"no candidate has a defined {metric} on the {policy.rows} within the policy's limits"}
-    best_value = max(sign * rows.loc[name, metric] for name in eligible)
-    tied = [name for name in eligible if best_value - sign * rows.loc[name, metric] <= policy.tolerance]
+# %% ../nbs/03_validate.ipynb #fe4bb32e
+def broken_limits(row: pd.Series,  # a candidate's row of the comparison table
+                  policy: SelectionPolicy,
+                 ) -> list[str]:  # one line per limit it breaks; empty when it is eligible
+    "The policy's limits a candidate breaks: gap, latency, size, or an undefined primary metric."
+    broken = [f"{label} {row[column]:.4g} > {limit:g}" for column, label, limit in (
+        ("gap", "generalisation gap", policy.max_gap), ("latency_ms_per_row", "latency per row (ms)",
+                                                        policy.max_latency_ms),
+        ("size_mb", "size (MB)", policy.max_size_mb)) if limit is not None and row[column] > limit]
+    if not math.isfinite(row[policy.metric]):
+        broken.append(f"{policy.metric} is undefined on the {policy.rows}")
+    return broken
+
+# %% ../nbs/03_validate.ipynb #a310a83f
+def rank_candidates(rows: pd.DataFrame,  # the comparison table indexed by model
+                    eligible: list[str],  # candidates within the limits
+                    policy: SelectionPolicy,
+                   ) -> tuple[str, list[str]]:  # the winner, and every candidate tied with it on the metric
+    "The best primary metric wins; candidates within `tolerance` of it are tied, and gap, latency, size decide."
+    sign = 1 if METRICS[policy.metric] == "maximize" else -1
+    best_value = max(sign * rows.loc[name, policy.metric] for name in eligible)
+    tied = [name for name in eligible if best_value - sign * rows.loc[name, policy.metric] <= policy.tolerance]
     ranked = sorted(tied, key=lambda n: (rows.loc[n, "gap"], rows.loc[n, "latency_ms_per_row"], rows.loc[n, "size_mb"]))
-    winner = ranked[0]
-    w = rows.loc[winner]
-    for name in eligible:
-        if name == winner:
-            continue
-        row = rows.loc[name]
-        if name not in tied:
-            lead = w[metric] - row[metric]
-            paired = ""
-            if row["reference"] == winner and math.isfinite(row.get("difference_ci_low", math.nan)):
-                paired = (f"; paired difference {row['difference']:+.4f}, bootstrap CI "
-                          f"[{row['difference_ci_low']:+.4f}, {row['difference_ci_high']:+.4f}], "
-                          f"{'significant' if row['significant'] else 'not significant'}")
-            reason = f"lower {metric}: {row[metric]:.4f} vs {w[metric]:.4f} (by {abs(lead):.4f}){paired}"
-        else:
-            for column, label in (("gap", "generalisation gap"), ("latency_ms_per_row", "latency per row (ms)"),
-                                  ("size_mb", "size (MB)")):
-                if row[column] != w[column]:
-                    reason = (f"tied on {metric} within {policy.tolerance:g}; larger {label}: {row[column]:.4g} vs "
-                              f"{w[column]:.4g}")
-                    break
-            else:
-                reason = f"tied on every criterion; {winner} comes first"
-        candidates[name].update(status="lost", reason=reason)
-    candidates[winner].update(status="selected", reason="")
-    others = [n for n in eligible if n != winner]
-    runner_up = max(others, key=lambda n: sign * rows.loc[n, metric]) if others else None
+    return ranked[0], tied
+
+# %% ../nbs/03_validate.ipynb #80de9a7b
+def loss_reason(row: pd.Series, winner: pd.Series, tied: bool, policy: SelectionPolicy) -> str:
+    "Why an eligible candidate lost to `winner`: a lower metric (with the paired test), or a tie-breaker."
+    metric = policy.metric
+    if not tied:
+        paired = ""
+        if row["reference"] == winner.name and math.isfinite(row.get("difference_ci_low", math.nan)):
+            paired = (f"; paired difference {row['difference']:+.4f}, bootstrap CI "
+                      f"[{row['difference_ci_low']:+.4f}, {row['difference_ci_high']:+.4f}], "
+                      f"{'significant' if row['significant'] else 'not significant'}")
+        return f"lower {metric}: {row[metric]:.4f} vs {winner[metric]:.4f} (by {abs(winner[metric] - row[metric]):.4f}){paired}"
+    for column, label in (("gap", "generalisation gap"), ("latency_ms_per_row", "latency per row (ms)"),
+                          ("size_mb", "size (MB)")):
+        if row[column] != winner[column]:
+            return f"tied on {metric} within {policy.tolerance:g}; larger {label}: {row[column]:.4g} vs {winner[column]:.4g}"
+    return f"tied on every criterion; {winner.name} comes first"
+
+# %% ../nbs/03_validate.ipynb #1122aae0
+def win_reason(rows: pd.DataFrame, winner: str, tied: list[str], eligible: list[str], policy: SelectionPolicy) -> str:
+    "Why the winner won, in words: the best metric (or first on the tie-breakers), and its lead over the runner-up."
+    metric, w = policy.metric, rows.loc[winner]
+    sign = 1 if METRICS[metric] == "maximize" else -1
     reason = f"best {metric} on the {policy.rows} ({w[metric]:.4f}) among the candidates within the limits"
     if len(tied) > 1:
-        reason = f"tied on {metric} on the {policy.rows} ({w[metric]:.4f}) with {', '.join(n for n in tied if n != winner)}, and " \
-                 "first on the tie-breakers (gap, latency, size)"
+        reason = (f"tied on {metric} on the {policy.rows} ({w[metric]:.4f}) with "
+                  f"{', '.join(n for n in tied if n != winner)}, and first on the tie-breakers (gap, latency, size)")
+    others = [n for n in eligible if n != winner]
+    runner_up = max(others, key=lambda n: sign * rows.loc[n, metric]) if others else None
     if runner_up is not None and rows.loc[runner_up, "reference"] == winner:
         r = rows.loc[runner_up]
         reason += (f"; ahead of {runner_up} by {abs(w[metric] - r[metric]):.4f}, "
                    f"{'significant' if r['significant'] else 'not significant'} (paired bootstrap CI of "
                    f"{runner_up} − {winner}: [{r['difference_ci_low']:+.4f}, {r['difference_ci_high']:+.4f}])")
-    candidates[winner]["reason"] = reason
-    return {"winner": winner, "metric": metric, "policy": asdict(policy), "reason": reason,
-            "candidates": candidates}
+    return reason
+
+# %% ../nbs/03_validate.ipynb #30062fe4
+def select_model(table: pd.DataFrame,  # `compare_models` plus gap, latency_ms_per_row and size_mb columns
+                 policy: SelectionPolicy,
+                ) -> dict:  # {"winner", "reason", "candidates": {name: {"status", "reason", ...}}, "policy"}
+    "Apply the selection policy: limits, then the primary metric, then gap, latency and size among ties."
+    metric, rows = policy.metric, table.set_index("model")
+    candidates, eligible = {}, []
+    for name, row in rows.iterrows():
+        broken = broken_limits(row, policy)
+        candidates[name] = {metric: row[metric], "gap": row["gap"], "latency_ms_per_row": row["latency_ms_per_row"],
+                            "size_mb": row["size_mb"], "status": "out" if broken else "eligible",
+                            "reason": "outside the limits: " + "; ".join(broken) if broken else ""}
+        eligible += [] if broken else [name]
+    if not eligible:
+        return {"winner": None, "metric": metric, "policy": asdict(policy), "candidates": candidates,
+                "reason": f"no candidate has a defined {metric} on the {policy.rows} within the policy's limits"}
+    winner, tied = rank_candidates(rows, eligible, policy)
+    for name in eligible:
+        if name != winner:
+            candidates[name].update(status="lost", reason=loss_reason(rows.loc[name], rows.loc[winner],
+                                                                      name in tied, policy))
+    reason = win_reason(rows, winner, tied, eligible, policy)
+    candidates[winner].update(status="selected", reason=reason)
+    return {"winner": winner, "metric": metric, "policy": asdict(policy), "reason": reason, "candidates": candidates}
 
 # %% ../nbs/03_validate.ipynb #41873172
 def _figure(title: str, xlabel: str, ylabel: str, size=(5.5, 4.2)):
@@ -667,15 +698,10 @@ def plot_reliability(target: np.ndarray, scores: dict[str, np.ndarray]):
 # %% ../nbs/03_validate.ipynb #86687ca9
 def plot_threshold(target: np.ndarray, probabilities: np.ndarray, chosen: float, name: str = ""):
     "Precision, recall and F1 against the decision threshold on the validation split, with the chosen one."
-    from torchmetrics.functional.classification import binary_precision_recall_curve
-
-    precision, recall, thresholds = binary_precision_recall_curve(torch.as_tensor(probabilities, dtype=torch.float32),
-                                                                  torch.as_tensor(target))
-    precision, recall = precision[:-1].numpy(), recall[:-1].numpy()
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    curve = f1_curve(target, probabilities)
     figure, axis = _figure(f"{name}: decision threshold (validation split)", "threshold on P(class 1)", "value")
-    for values, label in ((precision, "precision"), (recall, "recall"), (f1, "F1")):
-        axis.plot(thresholds.numpy(), values, label=label)
+    for column, label in (("precision", "precision"), ("recall", "recall"), ("f1", "F1")):
+        axis.plot(curve["threshold"], curve[column], label=label)
     axis.axvline(chosen, color="grey", linestyle="--", linewidth=1, label=f"chosen {chosen:.3f}")
     axis.legend()
     figure.tight_layout()
@@ -1033,103 +1059,147 @@ def _figures(scored: _Scored, targets: dict[str, np.ndarray], kind: str, classes
         figures["slices"] = plot_slices(slices, metric, scored.metrics[winner]["test"][metric], winner)
     return figures
 
-# %% ../nbs/03_validate.ipynb #3f59d50a
-def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
-    "Measure, cross-validate, compare and select the run's models; register the winner and move the aliases."
-    import matplotlib.pyplot as plt
+# %% ../nbs/03_validate.ipynb #c427e4e7
+@dataclass
+class _Inputs:
+    "What the validation stage measures: the splits, their features and targets, the task and the metric."
+    schema: Schema
+    splits: dict[str, pd.DataFrame]
+    features: dict[str, Features]
+    targets: dict[str, np.ndarray]
+    classes: list | None
+    kind: str
+    metric: str
+    pipeline: FeaturePipeline
 
-    params = params or ValidateParams()
-    if params.num_threads:
-        torch.set_num_threads(params.num_threads)
-    run = open_run(params.run_dir, stage="validate", params=asdict(params), seed=params.seed, torch=True)
+
+def _load_inputs(run: Run, params: ValidateParams) -> _Inputs:
+    "Read the prepared data (training the tuned network first when the run has none) and featurise the splits."
     prepared = load_prepared(run)
     if "mlp" in params.candidates and not run.exists(f"models/{params.model_name}/config.json"):  # standalone
         train_stage(TrainParams(run_dir=str(run.path), seed=params.seed, device=params.device,
                                 model_name=params.model_name, progress=False))
-    schema, pipeline, splits = prepared.schema, prepared.pipeline, prepared.splits
+    pipeline, splits = prepared.pipeline, prepared.splits
     classes = pipeline.classes_ if pipeline.task == "classification" else None
     kind = task_kind(classes)
-    metric = resolve_metric(params.primary_metric, kind, name="primary_metric", loss=False)
     for name in ("train", "valid", "test"):
         if len(splits.get(name, ())) == 0:
             raise ValidationError(f"the {name} split is empty: there are no rows to measure")
     features = {name: pipeline.transform(splits[name]) for name in ("train", "valid", "test")}
-    targets = {name: f.target for name, f in features.items()}
-    device = choose_device(params.device)
+    return _Inputs(schema=prepared.schema, splits=splits, features=features,
+                   targets={name: f.target for name, f in features.items()}, classes=classes, kind=kind,
+                   metric=resolve_metric(params.primary_metric, kind, name="primary_metric", loss=False),
+                   pipeline=pipeline)
 
-    candidates = _candidate_models(run, params, features, classes, device)
-    scored = _score(run, list(candidates), features, kind, classes, params.threshold, device)
-    cv, oof = None, None
-    if params.cv_folds:
-        development = pd.concat([splits["train"], splits["valid"]], ignore_index=True)
-        cv, oof = cross_validate(development, schema, pipeline.to_dict()["settings"], list(candidates.values()),
-                                 params.cv_folds, params.cv_method, params.candidate_epochs, device, params.seed,
-                                 params.threshold)
-    choosing = _choosing_rows(scored, features, oof)
-    comparison = _comparison_table(scored, candidates, features, choosing, splits["test"], kind, classes, metric,
-                                   params)
+# %% ../nbs/03_validate.ipynb #120599a0
+def _cross_validation(inputs: _Inputs, candidates: dict[str, Candidate], params: ValidateParams,
+                      device: str) -> tuple[dict | None, OutOfFold | None]:
+    "Cross-validate the candidates on the development rows (none when cv_folds is 0)."
+    if not params.cv_folds:
+        return None, None
+    development = pd.concat([inputs.splits["train"], inputs.splits["valid"]], ignore_index=True)
+    return cross_validate(development, inputs.schema, inputs.pipeline.to_dict()["settings"], list(candidates.values()),
+                          params.cv_folds, params.cv_method, params.candidate_epochs, device, params.seed,
+                          params.threshold)
+
+
+def _with_cv(comparison: pd.DataFrame, cv: dict | None, metric: str) -> pd.DataFrame:
+    "The comparison with each candidate's cross-validation mean and std of the primary metric."
     if cv is not None:
         comparison[f"cv_{metric}_mean"] = [cv["models"][n]["mean"].get(metric) for n in comparison["model"]]
         comparison[f"cv_{metric}_std"] = [cv["models"][n]["std"].get(metric) for n in comparison["model"]]
+    return comparison
 
-    policy = SelectionPolicy(metric, params.tolerance, params.max_gap, params.max_latency_ms, params.max_size_mb,
-                             split=choosing.split)
-    selection = select_model(comparison, policy)
-    winner = selection["winner"]
-    comparison["status"] = [selection["candidates"][n]["status"] for n in comparison["model"]]
-    selection["comparison"] = "validation/comparison.csv"
-    selection["chosen_on"] = {
-        "split": choosing.split, "rows": len(choosing.target),
-        "what": ("out-of-fold scores of the development rows (each row scored by the fold model that did not "
-                 "train on it)" if choosing.split == "cv" else "the validation split"),
-        "figures": [metric, "paired bootstrap difference", "gap", "latency_ms_per_row", "size_mb"]}
-    selection["bootstrap"] = {"resamples": params.n_bootstrap, "confidence": params.confidence,
-                              "rows": len(choosing.target), "split": choosing.split}
-    selection["reported"] = None if winner is None else reported_figure(
-        metric, kind, targets["train"], targets["test"], scored.scores[winner]["test"], scored.thresholds.get(winner),
-        params.n_bootstrap, params.confidence, params.seed)
-    selection["not_used"] = f"test_{metric} of the other candidates (comparison.csv), for the record"
-    slices = None
-    if winner is not None:
-        slices = slice_metrics(splits["test"], targets["test"], scored.scores[winner]["test"], kind, classes,
-                               [c for c in schema.names("feature", "categorical") if c in splits["test"]], metric,
-                               scored.thresholds.get(winner, 0.5), params.min_slice_rows)
-    figures = _figures(scored, targets, kind, classes, metric, winner, comparison, slices, choosing.split)
+# %% ../nbs/03_validate.ipynb #1c08f9f8
+def _selection_record(selection: dict, choosing: _Choosing, inputs: _Inputs, scored: _Scored,
+                      params: ValidateParams) -> dict:
+    "`select_model`'s decision, with where it was made and the winner's one reported test figure."
+    metric, winner = inputs.metric, selection["winner"]
+    what = ("out-of-fold scores of the development rows (each row scored by the fold model that did not train on "
+            "it)" if choosing.split == "cv" else "the validation split")
+    return {**selection, "comparison": "validation/comparison.csv",
+            "chosen_on": {"split": choosing.split, "rows": len(choosing.target), "what": what,
+                          "figures": [metric, "paired bootstrap difference", "gap", "latency_ms_per_row", "size_mb"]},
+            "bootstrap": {"resamples": params.n_bootstrap, "confidence": params.confidence,
+                          "rows": len(choosing.target), "split": choosing.split},
+            "reported": None if winner is None else reported_figure(
+                metric, inputs.kind, inputs.targets["train"], inputs.targets["test"], scored.scores[winner]["test"],
+                scored.thresholds.get(winner), params.n_bootstrap, params.confidence, params.seed),
+            "not_used": f"test_{metric} of the other candidates (comparison.csv), for the record"}
+
+# %% ../nbs/03_validate.ipynb #b8d1de0d
+def _winner_slices(inputs: _Inputs, scored: _Scored, winner: str | None, params: ValidateParams) -> pd.DataFrame | None:
+    "The winner's metric on each slice of the test rows (categorical column = value), worst first."
+    if winner is None:
+        return None
+    test = inputs.splits["test"]
+    return slice_metrics(test, inputs.targets["test"], scored.scores[winner]["test"], inputs.kind, inputs.classes,
+                         [c for c in inputs.schema.names("feature", "categorical") if c in test], inputs.metric,
+                         scored.thresholds.get(winner, 0.5), params.min_slice_rows)
+
+
+def _metrics_record(inputs: _Inputs, scored: _Scored, selection: dict, slices: pd.DataFrame | None) -> dict:
+    "The content of `validation/metrics.json`."
+    targets, kind, classes = inputs.targets, inputs.kind, inputs.classes
     trivial = {split: evaluate(targets[split], trivial_scores(targets["train"], len(targets[split]), kind,
                                                               len(classes or []) or None), kind, classes, 0.5, split)
                for split in ("valid", "test")}
+    return {"task": kind, "primary_metric": inputs.metric, "classes": classes, "thresholds": scored.threshold_info,
+            "models": scored.metrics, "trivial": trivial, "selected": selection["winner"],
+            "reported": selection["reported"],
+            "worst_slices": None if slices is None else slices.head(10).to_dict(orient="records"),
+            "slices": None if slices is None else slices.to_dict(orient="records")}
 
-    metrics_doc = {"task": kind, "primary_metric": metric, "classes": classes, "thresholds": scored.threshold_info,
-                   "models": scored.metrics, "trivial": trivial, "selected": winner,
-                   "reported": selection["reported"],
-                   "worst_slices": None if slices is None else slices.head(10).to_dict(orient="records"),
-                   "slices": None if slices is None else slices.to_dict(orient="records")}
-    run.write_json("validation/metrics.json", metrics_doc)
+# %% ../nbs/03_validate.ipynb #46652717
+def _register_winner(run: Run, inputs: _Inputs, scored: _Scored, selection: dict, params: ValidateParams) -> dict:
+    "Check the winner's package, register it, and decide its promotion; the content of `validation/registry.json`."
+    winner, metric = selection["winner"], inputs.metric
+    if winner is None:
+        return {"registry": None, "version": None, "reason": selection["reason"]}
+    check_package(load_predictor(run, winner, scored.thresholds.get(winner)), inputs.splits["test"],
+                  scored.scores[winner]["test"])  # before registering: a failed check registers nothing
+    registry = Registry(params.registry_dir or run.file("registry"))
+    value = selection["reported"]["value"]  # by the formula the champion is scored with
+    test_metrics = scored.metrics[winner]["test"]
+    version = registry.register(
+        run, winner, metrics={"test": test_metrics, "valid": scored.metrics[winner]["valid"]},
+        threshold=scored.thresholds.get(winner),
+        notes={"metric": {"name": metric, "value": value}, "selection": selection["reason"],
+               "test_metrics": {k: v for k, v in test_metrics.items() if isinstance(v, float)}})
+    return {"registry": str(registry.root), **_decide_promotion(registry, version, params, inputs.schema,
+                                                                inputs.splits["test"], inputs.targets["test"],
+                                                                metric, value)}
+
+# %% ../nbs/03_validate.ipynb #e419cc9d
+def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
+    "Measure, cross-validate, compare and select the run's models; register the winner and move the aliases."
+    params = params or ValidateParams()
+    set_threads(params.num_threads)
+    run = open_run(params.run_dir, stage="validate", params=asdict(params), seed=params.seed, torch=True)
+    inputs, device = _load_inputs(run, params), choose_device(params.device)
+    candidates = _candidate_models(run, params, inputs.features, inputs.classes, device)
+    scored = _score(run, list(candidates), inputs.features, inputs.kind, inputs.classes, params.threshold, device)
+    cv, oof = _cross_validation(inputs, candidates, params, device)
+    choosing = _choosing_rows(scored, inputs.features, oof)
+    comparison = _with_cv(_comparison_table(scored, candidates, inputs.features, choosing, inputs.splits["test"],
+                                            inputs.kind, inputs.classes, inputs.metric, params), cv, inputs.metric)
+    policy = SelectionPolicy(inputs.metric, params.tolerance, params.max_gap, params.max_latency_ms,
+                             params.max_size_mb, split=choosing.split)
+    selection = _selection_record(select_model(comparison, policy), choosing, inputs, scored, params)
+    comparison["status"] = [selection["candidates"][n]["status"] for n in comparison["model"]]
+    slices = _winner_slices(inputs, scored, selection["winner"], params)
+    metrics = _metrics_record(inputs, scored, selection, slices)
+    run.write_json("validation/metrics.json", metrics)
     if cv is not None:
         run.write_json("validation/cv.json", cv)
     elif run.exists("validation/cv.json"):
         run.remove_artifact("validation/cv.json")
     run.write_artifact("validation/comparison.csv", lambda p: comparison.to_csv(p, index=False))
     run.write_json("validation/selection.json", selection)
-    for name, figure in figures.items():
-        run.write_artifact(f"validation/plots/{name}.png", lambda p, f=figure: f.savefig(p, format="png", dpi=100))
-        plt.close(figure)
-
-    registry_doc = {"registry": None, "version": None, "reason": selection["reason"]}
-    if winner is not None:
-        check_package(load_predictor(run, winner, scored.thresholds.get(winner)), splits["test"],
-                      scored.scores[winner]["test"])  # before registering: a failed check registers nothing
-        registry = Registry(params.registry_dir or run.file("registry"))
-        value = selection["reported"]["value"]  # by the formula the champion is scored with
-        test_metrics = scored.metrics[winner]["test"]
-        version = registry.register(
-            run, winner, metrics={"test": test_metrics, "valid": scored.metrics[winner]["valid"]},
-            threshold=scored.thresholds.get(winner),
-            notes={"metric": {"name": metric, "value": value}, "selection": selection["reason"],
-                   "test_metrics": {k: v for k, v in test_metrics.items() if isinstance(v, float)}})
-        registry_doc = {"registry": str(registry.root),
-                        **_decide_promotion(registry, version, params, schema, splits["test"], targets["test"],
-                                            metric, value)}
-    run.write_json("validation/registry.json", registry_doc)
-    return ValidateStageResult(run=run, comparison=comparison, selection=selection, metrics=metrics_doc, cv=cv,
-                               registry=registry_doc, scores=scored.scores)
+    for name, figure in _figures(scored, inputs.targets, inputs.kind, inputs.classes, inputs.metric,
+                                 selection["winner"], comparison, slices, choosing.split).items():
+        save_figure(run, f"validation/plots/{name}.png", figure)
+    registry = _register_winner(run, inputs, scored, selection, params)
+    run.write_json("validation/registry.json", registry)
+    return ValidateStageResult(run=run, comparison=comparison, selection=selection, metrics=metrics, cv=cv,
+                               registry=registry, scores=scored.scores)
