@@ -37,8 +37,9 @@ __all__ = ['OPTIMIZERS', 'SCHEDULES', 'ACTIVATIONS', 'NORMS', 'METRICS', 'TASK_M
            'load_checkpoint', 'TrainResult', 'distributed', 'init_distributed', 'predict_outputs', 'batch_size_for',
            'check_fit_inputs', 'training_device', 'training_fingerprint', 'validation_entry', 'fit', 'check_model_name',
            'plot_history', 'save_model', 'TrainedModel', 'model_config', 'load_model', 'trained_pipeline',
-           'parse_search_space', 'suggest', 'open_storage', 'tune', 'plot_study', 'save_study', 'TrainParams',
-           'set_threads', 'TrainStageResult', 'train_stage']
+           'parse_search_space', 'suggest', 'open_storage', 'open_study', 'trial_objective', 'tune', 'plot_study',
+           'save_study', 'TrainParams', 'set_threads', 'TrainStageResult', 'stage_features', 'tuned_hyperparameters',
+           'train_stage']
 
 # %% ../nbs/02_train.ipynb #1b0978ce
 class TrainError(MLLifecycleError):
@@ -923,7 +924,47 @@ def open_storage(storage: str | None, run: Run | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
-# %% ../nbs/02_train.ipynb #92c2038b
+# %% ../nbs/02_train.ipynb #b86bb417
+def open_study(storage: str | None, run: Run | None, study_name: str, metric: str,
+               seed: int = 0,  # the sampler's seed, offset by the worker's number
+               worker: int = 0,  # this worker's number
+               n_startup_trials: int = 5,  # trials before the median pruner starts pruning
+              ):
+    "Create or join the Optuna study `study_name` in `storage`, optimising `metric` in its direction."
+    optuna = _import_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction = METRICS[metric]
+    study = optuna.create_study(
+        storage=open_storage(storage, run), study_name=study_name, direction=direction, load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed + check_integer("tune_worker", worker, low=0)),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials))
+    if study.direction.name.lower() != direction:
+        raise ParamError(f"study {study_name!r} in that storage {study.direction.name.lower()}s its objective, this "
+                         f"search would {direction} {metric}: use another study_name")
+    return study
+
+# %% ../nbs/02_train.ipynb #6934f59c
+def trial_objective(train: Features, valid: Features, searched: dict, base: TrainConfig, classes: list | None,
+                    device: str, amp: str | bool) -> Callable:
+    "Optuna's objective: train with the trial's hyperparameters, report every epoch, return the best metric."
+    optuna, identity = _import_optuna(), f"{socket.gethostname()}:{os.getpid()}"
+
+    def objective(trial):
+        config = suggest(trial, searched, base)
+        trial.set_user_attr("worker", identity)
+
+        def report(epoch, value):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        result = fit(train, valid, config, classes=classes, device=device, amp=amp, on_epoch=report, progress=False)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        return result.best_metric
+
+    return objective
+
+# %% ../nbs/02_train.ipynb #6e8666cd
 def tune(train: Features, valid: Features,  # training and validation features with targets
          base: TrainConfig | None = None,  # hyperparameters not searched (and epochs, patience, metric, seed)
          classes: list | None = None,  # the classes; None → regression
@@ -939,47 +980,20 @@ def tune(train: Features, valid: Features,  # training and validation features w
          n_startup_trials: int = 5,  # trials before the median pruner starts pruning
         ):
     "Search hyperparameters with Optuna (TPE + median pruning); return the study."
-    optuna = _import_optuna()
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    base = base or TrainConfig()
     n_trials = check_integer("n_trials", n_trials)
-    if timeout is not None:
-        timeout = check_number("timeout", timeout, low_open=True)
+    timeout = check_number("timeout", timeout, low_open=True) if timeout is not None else None
     searched, fixed = parse_search_space(space)
-    base = replace(base, **fixed)
+    base = replace(base or TrainConfig(), **fixed)
     metric = resolve_metric(base.metric, task_kind(classes))
-    direction = METRICS[metric]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=base.seed + check_integer("tune_worker", worker, low=0))
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials)
-    study = optuna.create_study(storage=open_storage(storage, run), study_name=study_name, direction=direction,
-                                sampler=sampler, pruner=pruner, load_if_exists=True)
-    if study.direction.name.lower() != direction:
-        raise ParamError(f"study {study_name!r} in that storage {study.direction.name.lower()}s its objective, this "
-                         f"search would {direction} {metric}: use another study_name")
+    study = open_study(storage, run, study_name, metric, base.seed, worker, n_startup_trials)
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    identity = f"{socket.gethostname()}:{os.getpid()}"
-
-    def objective(trial):
-        config = suggest(trial, searched, base)
-        trial.set_user_attr("worker", identity)
-
-        def report(epoch, value):
-            trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-        result = fit(train, valid, config, classes=classes, device=device, amp=amp, on_epoch=report,
-                     progress=False)
-        trial.set_user_attr("best_epoch", result.best_epoch)
-        return result.best_metric
-
     remaining = n_trials - len(study.get_trials(deepcopy=False, states=finished))
     if remaining > 0:
-        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(TrainError,),
-                       callbacks=[MaxTrialsCallback(n_trials, states=finished)])
+        study.optimize(trial_objective(train, valid, searched, base, classes, device, amp), n_trials=remaining,
+                       timeout=timeout, catch=(TrainError,), callbacks=[MaxTrialsCallback(n_trials, states=finished)])
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise TrainError(f"no trial of study {study_name!r} completed; widen the search space or check the data")
     return study
@@ -1084,20 +1098,9 @@ class TrainStageResult:
     study: Any  # the Optuna study, or None without tuning
     hyperparameters: TrainConfig  # what the final model was trained with
 
-# %% ../nbs/02_train.ipynb #cf8b1f05
-def train_stage(params: TrainParams | None = None) -> TrainStageResult:
-    "Run the training stage: prepare or load data, tune (optional), train, and write models/<name>/ and tuning/."
-    params = params or TrainParams()
-    set_threads(params.num_threads)
-    device = choose_device(params.device)
-    rank, world = distributed()
-    if world > 1 and params.n_trials:
-        raise ParamError("tuning does not run under torchrun: run tuning workers as separate processes that share "
-                         "a storage, then train the final model under torchrun with n_trials=0")
-    if world > 1:
-        device = init_distributed(device)
-    run = open_run(params.run_dir, stage="train" if rank == 0 else None, params=asdict(params), seed=params.seed,
-                   torch=True)
+# %% ../nbs/02_train.ipynb #4b1a7609
+def stage_features(run: Run, rank: int = 0) -> tuple[Features, Features, list | None]:
+    "The run's training and validation features and its classes (None for regression)."
     if rank == 0:
         prepared = load_prepared(run)  # prepares the default sample when the run has no data yet
     _barrier()
@@ -1107,24 +1110,43 @@ def train_stage(params: TrainParams | None = None) -> TrainStageResult:
     if prepared.schema.target != pipeline.target:
         raise DataError(f"the feature pipeline encodes target {pipeline.target!r}, the data's is "
                         f"{prepared.schema.target!r}: features/pipeline.json does not belong to this data")
-    train_features = pipeline.transform(prepared.splits["train"])
-    valid_features = pipeline.transform(prepared.splits["valid"])
     classes = pipeline.classes_ if pipeline.task == "classification" else None
+    return pipeline.transform(prepared.splits["train"]), pipeline.transform(prepared.splits["valid"]), classes
 
+# %% ../nbs/02_train.ipynb #18eb0b04
+def tuned_hyperparameters(params: TrainParams, run: Run, train: Features, valid: Features, classes: list | None,
+                          device: str):
+    "Run the search; return (the best hyperparameters, the study, the tuning facts for config.json)."
+    study = tune(train, valid, params.hyperparameters, classes=classes, space=params.search_space,
+                 n_trials=params.n_trials, timeout=params.timeout, storage=params.storage,
+                 study_name=params.study_name, run=run, device=device, amp=params.amp, worker=params.tune_worker)
+    best = save_study(run, study)
+    _, fixed = parse_search_space(params.search_space)
+    hyperparameters = replace(params.hyperparameters, **{**study.best_params, **fixed})  # a fixed value wins
+    return hyperparameters, study, {"study_name": study.study_name, "best_trial": best["best_trial"],
+                                    "best_value": best["best_value"], "trials": best["trials"]}
+
+# %% ../nbs/02_train.ipynb #10fbeab1
+def train_stage(params: TrainParams | None = None) -> TrainStageResult:
+    "Run the training stage: prepare or load data, tune (optional), train, and write models/<name>/ and tuning/."
+    params = params or TrainParams()
+    set_threads(params.num_threads)
+    device = choose_device(params.device)
+    rank, world = distributed()
+    if world > 1 and params.n_trials:
+        raise ParamError("tuning does not run under torchrun: run tuning workers as separate processes that share "
+                         "a storage, then train the final model under torchrun with n_trials=0")
+    device = init_distributed(device) if world > 1 else device
+    run = open_run(params.run_dir, stage="train" if rank == 0 else None, params=asdict(params), seed=params.seed,
+                   torch=True)
+    train, valid, classes = stage_features(run, rank)
     hyperparameters, study, extra = params.hyperparameters, None, {}
     if params.n_trials:
-        study = tune(train_features, valid_features, hyperparameters, classes=classes, space=params.search_space,
-                     n_trials=params.n_trials, timeout=params.timeout, storage=params.storage,
-                     study_name=params.study_name, run=run, device=device, amp=params.amp, worker=params.tune_worker)
-        best = save_study(run, study)
-        _, fixed = parse_search_space(params.search_space)
-        hyperparameters = replace(hyperparameters, **{**study.best_params, **fixed})  # a fixed value wins
-        extra["tuning"] = {"study_name": study.study_name, "best_trial": best["best_trial"],
-                           "best_value": best["best_value"], "trials": best["trials"]}
+        hyperparameters, study, extra["tuning"] = tuned_hyperparameters(params, run, train, valid, classes, device)
     if not params.train_final:
         return TrainStageResult(run=run, result=None, study=study, hyperparameters=hyperparameters)
     name = params.model_name
-    result = fit(train_features, valid_features, hyperparameters, classes=classes, device=device, amp=params.amp,
+    result = fit(train, valid, hyperparameters, classes=classes, device=device, amp=params.amp,
                  checkpoint=run.file(f"models/{name}/checkpoint.pt"), resume=params.resume,
                  progress=params.progress, desc=f"train {name}")
     if rank == 0:

@@ -31,10 +31,10 @@ from mllifecycle.train import (
 __all__ = ['ECE_BINS', 'THRESHOLD_RULES', 'CV_METHODS', 'CANDIDATES', 'LATENCY_BATCH_ROWS', 'PROMOTE_MODES', 'ValidationError',
            'classification_metrics', 'regression_metrics', 'evaluate', 'trivial_scores', 'f1_curve', 'choose_threshold',
            'slice_metrics', 'paired_bootstrap', 'point_metric', 'mcnemar', 'compare_models', 'cv_splits', 'Candidate',
-           'make_estimator', 'fit_candidate', 'OutOfFold', 'cross_validate', 'SelectionPolicy', 'generalisation_gap',
-           'broken_limits', 'rank_candidates', 'loss_reason', 'win_reason', 'select_model', 'plot_roc',
-           'plot_precision_recall', 'reliability', 'plot_reliability', 'plot_threshold', 'plot_confusion',
-           'plot_residuals', 'plot_slices', 'plot_comparison', 'measure_latency', 'ValidateParams',
+           'make_estimator', 'fit_candidate', 'OutOfFold', 'fold_scores', 'cv_summary', 'cross_validate',
+           'SelectionPolicy', 'generalisation_gap', 'broken_limits', 'rank_candidates', 'loss_reason', 'win_reason',
+           'select_model', 'plot_roc', 'plot_precision_recall', 'reliability', 'plot_reliability', 'plot_threshold',
+           'plot_confusion', 'plot_residuals', 'plot_slices', 'plot_comparison', 'measure_latency', 'ValidateParams',
            'ValidateStageResult', 'reported_figure', 'check_package', 'validate_stage']
 
 # %% ../nbs/03_validate.ipynb #e1e84791
@@ -53,7 +53,48 @@ def _check_scores(target: np.ndarray, scores: np.ndarray, split: str):
     if not np.isfinite(scores).all():
         raise ValidationError(f"the model's outputs on the {split} split have NaN or infinite values")
 
-# %% ../nbs/03_validate.ipynb #9ef4a1da
+# %% ../nbs/03_validate.ipynb #de0b9bd3
+def _binary_summary(p: torch.Tensor, y: torch.Tensor, threshold: float, single_class: bool) -> dict:
+    "The binary figures: accuracy, precision, recall, F1 at `threshold`; AUROC and AP (NaN for one class); ECE."
+    import torchmetrics.functional.classification as tmc
+
+    return {"accuracy": tmc.binary_accuracy(p, y, threshold=threshold),
+            "precision": tmc.binary_precision(p, y, threshold=threshold),
+            "recall": tmc.binary_recall(p, y, threshold=threshold),
+            "f1": tmc.binary_f1_score(p, y, threshold=threshold),
+            "auroc": math.nan if single_class else tmc.binary_auroc(p, y),
+            "average_precision": math.nan if single_class else tmc.binary_average_precision(p, y),
+            "ece": tmc.binary_calibration_error(p, y, n_bins=ECE_BINS),
+            "threshold": threshold, "positive_share": y.float().mean()}
+
+
+def _multiclass_summary(p: torch.Tensor, y: torch.Tensor, k: int, missing: bool) -> dict:
+    "The multi-class figures: micro accuracy; macro precision, recall, F1, AUROC and AP (NaN when a class is absent); ECE."
+    import torchmetrics.functional.classification as tmc
+
+    return {"accuracy": tmc.multiclass_accuracy(p, y, num_classes=k, average="micro"),
+            "precision": tmc.multiclass_precision(p, y, num_classes=k, average="macro"),
+            "recall": tmc.multiclass_recall(p, y, num_classes=k, average="macro"),
+            "f1": tmc.multiclass_f1_score(p, y, num_classes=k, average="macro"),
+            "auroc": math.nan if missing else tmc.multiclass_auroc(p, y, num_classes=k),
+            "average_precision": math.nan if missing else tmc.multiclass_average_precision(p, y, num_classes=k),
+            "ece": tmc.multiclass_calibration_error(p, y, num_classes=k, n_bins=ECE_BINS)}
+
+# %% ../nbs/03_validate.ipynb #40a8a5f4
+def _per_class(hard: torch.Tensor, y: torch.Tensor, classes: list) -> tuple[dict, list]:
+    "Precision, recall, F1 and support per class, and the confusion matrix, from hard decisions."
+    import torchmetrics.functional.classification as tmc
+
+    k = len(classes)
+    support = tmc.multiclass_stat_scores(hard, y, num_classes=k, average="none")[:, 4]  # [tp, fp, tn, fn, support]
+    precision = tmc.multiclass_precision(hard, y, num_classes=k, average="none")
+    recall = tmc.multiclass_recall(hard, y, num_classes=k, average="none")
+    f1 = tmc.multiclass_f1_score(hard, y, num_classes=k, average="none")
+    per_class = {str(label): {"precision": float(precision[j]), "recall": float(recall[j]), "f1": float(f1[j]),
+                              "support": int(support[j])} for j, label in enumerate(classes)}
+    return per_class, tmc.multiclass_confusion_matrix(hard, y, num_classes=k).tolist()
+
+# %% ../nbs/03_validate.ipynb #f69c3ab5
 def classification_metrics(target: np.ndarray,  # class index per row
                            scores: np.ndarray,  # P(class 1) (binary) or class probabilities (rows, classes)
                            classes: list,  # the class labels
@@ -61,50 +102,22 @@ def classification_metrics(target: np.ndarray,  # class index per row
                            split: str = "test",  # for messages
                           ) -> dict:
     "Accuracy, precision, recall, F1, AUROC, average precision, ECE, confusion matrix and per-class figures."
-    import torchmetrics.functional.classification as tmc
-
     _check_scores(target, scores, split)
     y = torch.as_tensor(np.asarray(target), dtype=torch.long)
     p = torch.as_tensor(np.asarray(scores), dtype=torch.float32)
-    k, notes = len(classes), []
-    single_class = len(np.unique(target)) < 2
+    k, present, notes = len(classes), len(np.unique(target)), []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchmetrics warns about absent classes; `notes` says it instead
         if k == 2:
-            hard = (p >= threshold).long()
-            out = {"accuracy": tmc.binary_accuracy(p, y, threshold=threshold),
-                   "precision": tmc.binary_precision(p, y, threshold=threshold),
-                   "recall": tmc.binary_recall(p, y, threshold=threshold),
-                   "f1": tmc.binary_f1_score(p, y, threshold=threshold),
-                   "auroc": math.nan if single_class else tmc.binary_auroc(p, y),
-                   "average_precision": math.nan if single_class else tmc.binary_average_precision(p, y),
-                   "ece": tmc.binary_calibration_error(p, y, n_bins=ECE_BINS),
-                   "threshold": threshold, "positive_share": y.float().mean()}
+            out, hard = _binary_summary(p, y, threshold, present < 2), (p >= threshold).long()
         else:
-            hard = p.argmax(1)
-            missing = len(np.unique(target)) < k
-            out = {"accuracy": tmc.multiclass_accuracy(p, y, num_classes=k, average="micro"),
-                   "precision": tmc.multiclass_precision(p, y, num_classes=k, average="macro"),
-                   "recall": tmc.multiclass_recall(p, y, num_classes=k, average="macro"),
-                   "f1": tmc.multiclass_f1_score(p, y, num_classes=k, average="macro"),
-                   "auroc": math.nan if missing else tmc.multiclass_auroc(p, y, num_classes=k),
-                   "average_precision": math.nan if missing else tmc.multiclass_average_precision(p, y, num_classes=k),
-                   "ece": tmc.multiclass_calibration_error(p, y, num_classes=k, n_bins=ECE_BINS)}
-            if missing:
-                notes.append("auroc and average_precision are undefined (NaN): some classes are absent from the split")
-        per_class = tmc.multiclass_stat_scores(hard, y, num_classes=k, average="none")  # (classes, [tp, fp, tn, fn, support])
-        precision = tmc.multiclass_precision(hard, y, num_classes=k, average="none")
-        recall = tmc.multiclass_recall(hard, y, num_classes=k, average="none")
-        f1 = tmc.multiclass_f1_score(hard, y, num_classes=k, average="none")
-        confusion = tmc.multiclass_confusion_matrix(hard, y, num_classes=k)
-    if single_class and k == 2:
-        notes.append("auroc and average_precision are undefined (NaN): the split holds a single class")
-    out = {key: float(value) for key, value in out.items()}
-    out.update(rows=len(target), confusion_matrix=confusion.tolist(), notes=notes,
-               per_class={str(label): {"precision": float(precision[j]), "recall": float(recall[j]),
-                                       "f1": float(f1[j]), "support": int(per_class[j, 4])}
-                          for j, label in enumerate(classes)})
-    return out
+            out, hard = _multiclass_summary(p, y, k, present < k), p.argmax(1)
+        per_class, confusion = _per_class(hard, y, classes)
+    if present < k:
+        notes.append("auroc and average_precision are undefined (NaN): the split holds a single class" if k == 2 else
+                     "auroc and average_precision are undefined (NaN): some classes are absent from the split")
+    return {**{key: float(value) for key, value in out.items()}, "rows": len(target), "confusion_matrix": confusion,
+            "notes": notes, "per_class": per_class}
 
 # %% ../nbs/03_validate.ipynb #8c3b1cb8
 def regression_metrics(target: np.ndarray,  # true values
@@ -455,7 +468,27 @@ class OutOfFold:
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0)
 
-# %% ../nbs/03_validate.ipynb #2210ac7c
+# %% ../nbs/03_validate.ipynb #23283d49
+def fold_scores(candidate: Candidate, fit_f: Features, stop_f: Features, test_f: Features, classes: list | None,
+                epochs: int, device: str, seed: int, threshold_rule: str | float) -> tuple[np.ndarray, float]:
+    "Train a candidate on a fold's fitting rows (early-stopped on its own held-back rows); its test scores, threshold."
+    scorer, _ = fit_candidate(candidate, fit_f, stop_f, classes, epochs, device, seed)
+    threshold = 0.5
+    if task_kind(classes) == "binary":
+        threshold = choose_threshold(stop_f.target, scorer(stop_f), threshold_rule)["threshold"]
+    return scorer(test_f), threshold
+
+
+def cv_summary(results: dict[str, list[dict]]) -> dict:
+    "Per candidate: the folds' figures, and their mean and standard deviation."
+    models = {}
+    for name, rows in results.items():
+        table = pd.DataFrame(rows).drop(columns=["fold", "train_rows", "early_stopping_rows", "test_rows"],
+                                        errors="ignore")
+        models[name] = {"folds": rows, "mean": table.mean().to_dict(), "std": table.std(ddof=1).to_dict()}
+    return models
+
+# %% ../nbs/03_validate.ipynb #fc6eba8e
 def cross_validate(frame: pd.DataFrame,  # development rows (training + validation)
                    schema: Schema,
                    pipeline_settings: dict,  # `FeaturePipeline.to_dict()["settings"]`: refitted in each fold
@@ -466,8 +499,7 @@ def cross_validate(frame: pd.DataFrame,  # development rows (training + validati
                   ) -> tuple[dict, OutOfFold]:  # per-fold and mean ± std metrics (for cv.json); out-of-fold scores
     "k-fold cross-validation of every candidate, the feature pipeline refitted per fold."
     method, folds = cv_splits(frame, schema, k, method, seed)
-    results = {c.name: [] for c in candidates}
-    skipped, positions, targets = [], [], []
+    results, skipped, positions, targets = {c.name: [] for c in candidates}, [], [], []
     scores, thresholds = {c.name: [] for c in candidates}, {c.name: [] for c in candidates}
     for fold, (train_rows, test_rows) in enumerate(folds):
         fit_rows, stop_rows = _inner_split(train_rows, method, seed + fold)
@@ -477,32 +509,21 @@ def cross_validate(frame: pd.DataFrame,  # development rows (training + validati
             skipped.append({"fold": fold + 1, "reason": f"its training rows hold classes {classes}, not {schema.classes}"})
             continue
         fit_f, stop_f, test_f = (pipeline.transform(frame.iloc[rows]) for rows in (fit_rows, stop_rows, test_rows))
-        kind = task_kind(classes)
         positions.append(test_rows)
         targets.append(test_f.target)
         for candidate in candidates:
-            scorer, _ = fit_candidate(candidate, fit_f, stop_f, classes, epochs, device, seed)
-            threshold = 0.5
-            if kind == "binary":
-                threshold = choose_threshold(stop_f.target, scorer(stop_f), threshold_rule)["threshold"]
-            fold_scores = scorer(test_f)
-            scores[candidate.name].append(fold_scores)
+            s, threshold = fold_scores(candidate, fit_f, stop_f, test_f, classes, epochs, device, seed, threshold_rule)
+            scores[candidate.name].append(s)
             thresholds[candidate.name].append(np.full(len(test_rows), threshold))
-            m = evaluate(test_f.target, fold_scores, kind, classes, threshold, split=f"fold {fold + 1} test")
-            scalars = {key: value for key, value in m.items() if isinstance(value, float)}
+            m = evaluate(test_f.target, s, task_kind(classes), classes, threshold, split=f"fold {fold + 1} test")
             results[candidate.name].append({"fold": fold + 1, "train_rows": len(fit_rows),
                                             "early_stopping_rows": len(stop_rows), "test_rows": len(test_rows),
-                                            **scalars})
-    models = {}
-    for name, rows in results.items():
-        table = pd.DataFrame(rows).drop(columns=["fold", "train_rows", "early_stopping_rows", "test_rows"],
-                                        errors="ignore")
-        models[name] = {"folds": rows, "mean": table.mean().to_dict(), "std": table.std(ddof=1).to_dict()}
+                                            **{key: v for key, v in m.items() if isinstance(v, float)}})
     oof = OutOfFold(rows=_joined(positions).astype(np.int64), target=_joined(targets),
                     scores={n: _joined(s) for n, s in scores.items()},
                     thresholds={n: _joined(t) for n, t in thresholds.items()})
     return {"method": method, "k": len(folds), "development_rows": len(frame), "skipped_folds": skipped,
-            "out_of_fold_rows": len(oof), "models": models}, oof
+            "out_of_fold_rows": len(oof), "models": cv_summary(results)}, oof
 
 # %% ../nbs/03_validate.ipynb #a31a03e7
 @dataclass
