@@ -1095,12 +1095,13 @@ def scale_numeric(names: list[str], columns: list[np.ndarray],  # from `numeric_
                   stats: dict[str, dict],  # from `fit_numeric` on the training rows
                   missing_indicators: bool = True,  # add a 0/1 column for each feature missing in training
                   dtype: str = "float32",
+                  n_rows: int | None = None,  # the number of rows (needed when there is no numeric feature)
                  ) -> np.ndarray:  # (rows, features + indicators)
     "Standardise with the training statistics, fill missing values with the training median, add indicators."
     if names != list(stats):
         raise DataError(f"the data gives numeric features {names}, the fitted pipeline expects {list(stats)}")
     indicators = [n for n in names if stats[n]["missing"]] if missing_indicators else []
-    rows = len(columns[0]) if columns else 0
+    rows = len(columns[0]) if columns else (n_rows or 0)
     out = np.empty((len(names) + len(indicators), rows), dtype=dtype)  # feature-major: contiguous writes
     scratch = np.empty(rows, dtype="float64")  # `values` may be a view of the caller's frame: never write it
     for j, (name, values) in enumerate(zip(names, columns)):
@@ -1222,7 +1223,8 @@ class FeaturePipeline:
         "Turn `df` into model inputs with the fitted statistics; never learns."
         if not hasattr(self, "numeric_stats_"):
             raise DataError("the feature pipeline is not fitted: call fit(train) or load a saved one")
-        numeric = scale_numeric(*self._numeric_block(df), self.numeric_stats_, self.missing_indicators, self.dtype)
+        numeric = scale_numeric(*self._numeric_block(df), self.numeric_stats_, self.missing_indicators, self.dtype,
+                                n_rows=len(df))
         codes = np.empty((len(self.categorical), len(df)), dtype=np.int64)  # feature-major, as for the numerics
         for j, name in enumerate(self.categorical):
             codes[j] = category_codes(df[name], *self._lookups()[name])

@@ -82,3 +82,10 @@ def _csv(df, folder):
     path = folder / "data.csv"
     df.to_csv(path, index=False)
     return str(path)
+
+
+def test_a_table_without_numeric_features():
+    "Only categorical columns: the numeric block is empty but keeps one row per input row."
+    frame = pd.DataFrame({"c": ["a", "b", "a", "c"] * 5, "y": [0, 1] * 10})
+    features = FeaturePipeline(categorical=["c"], target="y").fit(frame).transform(frame)
+    assert features.numeric.shape == (20, 0) and features.categorical.shape == (20, 1) and len(features) == 20
