@@ -1221,8 +1221,7 @@ class FeaturePipeline:
 
     def transform(self, df: pd.DataFrame) -> Features:
         "Turn `df` into model inputs with the fitted statistics; never learns."
-        if not hasattr(self, "numeric_stats_"):
-            raise DataError("the feature pipeline is not fitted: call fit(train) or load a saved one")
+        self._check_fitted()
         numeric = scale_numeric(*self._numeric_block(df), self.numeric_stats_, self.missing_indicators, self.dtype,
                                 n_rows=len(df))
         codes = np.empty((len(self.categorical), len(df)), dtype=np.int64)  # feature-major, as for the numerics
@@ -1238,6 +1237,10 @@ class FeaturePipeline:
         "Fit on `df`, then transform it."
         return self.fit(df).transform(df)
 
+    def _check_fitted(self):
+        if not hasattr(self, "numeric_stats_"):
+            raise DataError("the feature pipeline is not fitted: call fit(train) or load a saved one")
+
     def _lookups(self) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
         if getattr(self, "_lookup_cache", None) is None:  # built once per fitted state, not per request
             self._lookup_cache = {name: vocabulary_lookup(v) for name, v in self.vocabularies_.items()}
@@ -1246,6 +1249,7 @@ class FeaturePipeline:
     @property
     def numeric_names_(self) -> list[str]:
         "Names of the numeric outputs, missing indicators included."
+        self._check_fitted()
         names = list(self.numeric_stats_)
         return names + [f"{n}__missing" for n, s in self.numeric_stats_.items() if s["missing"]
                         and self.missing_indicators]
@@ -1253,6 +1257,7 @@ class FeaturePipeline:
     @property
     def cardinalities_(self) -> list[int]:
         "Number of codes per categorical feature (unknown and missing included): the embedding table sizes."
+        self._check_fitted()
         return [len(self.vocabularies_[n]) + 2 for n in self.categorical]
 
     def to_dict(self) -> dict:
@@ -1275,8 +1280,7 @@ PIPELINE_FORMAT = "mllifecycle.FeaturePipeline/1"
 
 def pipeline_to_dict(pipeline: FeaturePipeline) -> dict:
     "A fitted pipeline's settings and state as plain JSON values."
-    if not hasattr(pipeline, "numeric_stats_"):
-        raise DataError("the feature pipeline is not fitted: call fit(train) or load a saved one")
+    pipeline._check_fitted()
     settings = ("numeric", "categorical", "datetime", "derived", "target", "task", "min_frequency", "max_categories",
                 "missing_indicators", "dtype")
     return {"format": PIPELINE_FORMAT, "settings": {name: getattr(pipeline, name) for name in settings},
