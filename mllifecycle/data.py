@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .core import MLLifecycleError, Run, open_run, read_json, write_json
+from .core import MLLifecycleError, Run, read_json
 
 # %% auto #0
 __all__ = ['FILE_READERS', 'SQL_URL', 'FLIGHTS_TARGET', 'FLIGHTS_TIME', 'FLIGHTS_IDS', 'FLIGHTS_CONSTRAINTS', 'FLIGHTS_DERIVED',

@@ -24,7 +24,7 @@ from mllifecycle.registry import (
     Predictions, Predictor, Registry, RegistryError, categorical_mask, features_matrix, load_predictor, save_sklearn_model,
     sklearn_scores)
 from mllifecycle.train import (
-    TrainConfig, TrainParams, TrainedModel, METRICS, TASK_METRICS, fit, resolve_metric, set_threads, model_config, save_model, task_kind,
+    TrainConfig, TrainParams, TrainedModel, METRICS, fit, resolve_metric, set_threads, model_config, save_model, task_kind,
     train_stage)
 
 # %% auto #0
