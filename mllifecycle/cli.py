@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from .pipeline import (
 # %% auto #0
 __all__ = ['COMMANDS', 'GROUPS', 'Command', 'command', 'given_params', 'run_command', 'params_command', 'train_command',
            'open_registry', 'registry_list_command', 'registry_promote_command', 'registry_rollback_command',
-           'build_parser', 'main']
+           'dataclass_options', 'given_config', 'serve_command', 'predict_command', 'build_parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #de331afb
 @dataclass
@@ -189,8 +190,84 @@ def registry_rollback_command(args: argparse.Namespace) -> int:
     print(f"{entry['alias']}: version {entry['previous']} → {entry['version']}")
     return 0
 
+# %% ../nbs/07_cli.ipynb #bbcf2767
+def dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()):
+    "Add `--field-name VALUE` for each field of the dataclass `cls` (VALUE read as JSON when it parses)."
+    helps, defaults = parameter_help(cls), parameter_defaults(cls)
+    for name in defaults:
+        if name not in skip:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=parse_value, default=None,
+                                metavar="VALUE", help=f"{helps[name]} (default: {defaults[name]!r})")
+
+
+def given_config(cls: type, args: argparse.Namespace, **fixed):
+    "`cls` built from the options the user gave (the others keep the class's defaults) and `fixed`."
+    names = [f.name for f in dataclasses.fields(cls)]
+    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return cls(**{**given, **fixed})
+
+# %% ../nbs/07_cli.ipynb #696a8e1f
+def _serve_options(parser: argparse.ArgumentParser):
+    from mllifecycle.serve import ServeConfig
+
+    _registry_options(parser)
+    dataclass_options(parser, ServeConfig, skip=("registry_dir",))
+
+
+@command("serve", "serve a registry alias over HTTP: /predict with dynamic batching, /metrics, hot reload "
+                  f"(bearer token from $MLLIFECYCLE_TOKEN)", _serve_options)
+def serve_command(args: argparse.Namespace) -> int:
+    "Run the prediction server until SIGINT or SIGTERM."
+    from mllifecycle.serve import ServeConfig, serve
+
+    registry = open_registry(args)
+    config = given_config(ServeConfig, args, registry_dir=str(registry.root))
+    print(f"serving {config.alias} from {registry.root} on http://{config.host}:{config.port} (docs: /docs)",
+          file=sys.stderr)
+    serve(config, registry.root)
+    return 0
+
+# %% ../nbs/07_cli.ipynb #864dafc0
+def _predict_options(parser: argparse.ArgumentParser):
+    _registry_options(parser)
+    parser.add_argument("--input", required=True, help="a Parquet file, a folder of Parquet parts, or a CSV file")
+    parser.add_argument("--output", required=True, help="the Parquet file to write (replaced only on success)")
+    parser.add_argument("--alias", default="champion", help="the alias or version to score with (default: champion)")
+    parser.add_argument("--part", default="1/1", help="this process's share of the job, I/N (default: 1/1)")
+    parser.add_argument("--chunk-rows", type=int, default=65536, help="rows scored at once (default: 65536)")
+    parser.add_argument("--inputs", action="store_true", help="also write the input columns (a full prediction log)")
+    parser.add_argument("--time-column", help="take the log's timestamps from this column (default: now)")
+    parser.add_argument("--device", default="cpu", help="torch models: cpu, cuda or auto (default: cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@command("predict", "score a Parquet or CSV file (or a folder of Parquet parts) into a Parquet file", _predict_options)
+def predict_command(args: argparse.Namespace) -> int:
+    "Batch inference with a registry version; print what was written."
+    from mllifecycle.batch import predict_file
+
+    if args.chunk_rows < 1:
+        raise ParamError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
+    predictor = open_registry(args).load(args.alias, device=args.device)
+    done = predict_file(predictor, args.input, args.output, args.chunk_rows, args.part, inputs=args.inputs,
+                        time_column=args.time_column, progress=not args.no_progress)
+    print(f"{done['rows']:,} rows → {done['output']} (version {done['model_version']}, "
+          f"{done['rows_per_s']:,.0f} rows/s)")
+    return 0
+
 # %% ../nbs/07_cli.ipynb #c632bea3
-def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str] | None) -> str | None:
+    "The command an argument list names (`registry list`, `serve`), or None when it names none."
+    if argv is None:
+        return None
+    words = [a for a in argv if not a.startswith("-")][:2]
+    return next((name for name in (" ".join(words), words[0] if words else "") if name in {c.name for c in COMMANDS}),
+                None)
+
+
+def build_parser(commands: Sequence[Command] = COMMANDS,
+                 argv: Sequence[str] | None = None,  # when given, only the chosen command's options are built
+                ) -> argparse.ArgumentParser:
     "The `mllifecycle` argument parser, one sub-command per registered `Command`."
     from mllifecycle import __version__
 
@@ -206,14 +283,16 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
             sub = groups[group].add_parser(action, help=cmd.help)
         else:
             sub = top.add_parser(group, help=cmd.help)
-        cmd.options(sub)
+        if argv is None or _chosen(argv) == cmd.name:  # a command's options may import its (heavy) module
+            cmd.options(sub)
         sub.set_defaults(handler=cmd.run)
     return parser
 
 # %% ../nbs/07_cli.ipynb #a938ffff
 def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of the `mllifecycle` command."
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv=argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "log_output", False) else logging.WARNING,
                         format="%(message)s")
     try:

@@ -31,11 +31,11 @@ __all__ = ['FILE_READERS', 'SQL_URL', 'FLIGHTS_TARGET', 'FLIGHTS_TIME', 'FLIGHTS
            'normalize_categories', 'CleanConfig', 'Actions', 'check_clean_settings', 'fix_types', 'fix_values',
            'apply_column_strategies', 'rows_to_keep', 'drop_sparse_columns', 'clean_frame', 'plot_quality',
            'rows_needed', 'time_split', 'random_split', 'group_split', 'split_frame', 'check_leakage',
-           'find_id_columns', 'find_leaks', 'check_expression', 'Features', 'numeric_block', 'fit_numeric',
-           'scale_numeric', 'fit_vocabulary', 'vocabulary_lookup', 'category_codes', 'encode_target', 'FeaturePipeline',
-           'pipeline_to_dict', 'pipeline_from_dict', 'DataConfig', 'PreparedData', 'collect', 'screen_columns',
-           'dataset_record', 'describe_columns', 'usable_derived', 'leak_free_splits', 'split_report', 'write_prepared',
-           'prepare_data', 'load_prepared']
+           'find_id_columns', 'find_leaks', 'check_expression', 'evaluate_expression', 'Features', 'numeric_block',
+           'fit_numeric', 'scale_numeric', 'fit_vocabulary', 'vocabulary_lookup', 'category_codes', 'encode_target',
+           'FeaturePipeline', 'pipeline_to_dict', 'pipeline_from_dict', 'DataConfig', 'PreparedData', 'collect',
+           'screen_columns', 'dataset_record', 'describe_columns', 'usable_derived', 'leak_free_splits', 'split_report',
+           'write_prepared', 'prepare_data', 'load_prepared']
 
 # %% ../nbs/01_data.ipynb #4e02fd7d
 class DataError(MLLifecycleError, ValueError):
@@ -1028,15 +1028,19 @@ def check_expression(expression: str) -> list[str]:
     return sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name)})
 
 
-def _evaluate(expression: str, df: pd.DataFrame) -> np.ndarray:
+def evaluate_expression(expression: str,  # arithmetic over column names, e.g. "year - plane_year"
+                        columns: dict[str, np.ndarray],  # the float64 values of (at least) the columns it names
+                        n_rows: int,  # rows of the result (an expression of constants is broadcast)
+                       ) -> np.ndarray:  # float64; NaN where the result is not finite
+    "Evaluate a derived feature on column arrays: the one evaluation the frame path and serving's record path share."
     names = check_expression(expression)
-    missing = [n for n in names if n not in df.columns]
+    missing = [n for n in names if n not in columns]
     if missing:
         raise DataError(f"derived feature {expression!r} needs column(s) {missing}, which the data lacks")
-    namespace = {n: df[n].to_numpy(dtype="float64", na_value=np.nan) for n in names}
+    namespace = {n: columns[n] for n in names}
     with np.errstate(all="ignore"):
         result = eval(compile(ast.parse(expression, mode="eval"), "<derived>", "eval"), {"__builtins__": {}}, namespace)
-    result = np.broadcast_to(np.asarray(result, dtype="float64"), (len(df),)).copy()
+    result = np.broadcast_to(np.asarray(result, dtype="float64"), (n_rows,)).copy()
     result[~np.isfinite(result)] = np.nan  # x/0 is a missing value, not an infinity
     return result
 
@@ -1071,8 +1075,9 @@ def numeric_block(df: pd.DataFrame,  # the rows
             names.append(f"{name}__{part}")
             columns.append(getattr(times.dt, part).to_numpy(dtype="float64", na_value=np.nan))
     for name, expression in derived.items():
+        used = {n: df[n].to_numpy(dtype="float64", na_value=np.nan) for n in check_expression(expression) if n in df}
         names.append(name)
-        columns.append(_evaluate(expression, df))
+        columns.append(evaluate_expression(expression, used, len(df)))
     for name, values in zip(names, columns):
         if np.isinf(values).any():
             raise DataError(f"column {name!r} has infinite values; the feature pipeline needs finite numbers")

@@ -123,7 +123,7 @@ def load_params_file(path: str | Path) -> dict[str, Any]:
 
 # %% ../nbs/06_pipeline.ipynb #b9d20e9f
 STAGE_PARAMS = {"data": "mllifecycle.data:DataConfig", "train": "mllifecycle.train:TrainParams",
-                "validate": "mllifecycle.validate:ValidateParams"}  # stage → the class that defines its parameters
+                "validate": "mllifecycle.validate:ValidateParams", "deploy": "mllifecycle.serve:DeployParams"}  # stage → the class that defines its parameters
 
 
 def stage_params_class(name: str) -> type | None:
