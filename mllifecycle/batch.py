@@ -273,10 +273,10 @@ def read_chunks(units: list[tuple[Path, int | None, int]],  # from `input_units`
         if group is None:
             try:
                 header = pd.read_csv(file, nrows=0).columns
-                reader = pd.read_csv(file, usecols=[c for c in columns if c in header], chunksize=chunk_rows,
-                                     dtype={c: "string" for c in text_columns if c in header})
+                # every column is parsed (not `usecols`), so that a row with too many fields is an error, not dropped
+                reader = pd.read_csv(file, chunksize=chunk_rows, dtype={c: "string" for c in text_columns if c in header})
                 for i, frame in enumerate(reader):
-                    yield first + i * chunk_rows, frame
+                    yield first + i * chunk_rows, frame[[c for c in columns if c in header]]
             except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
                 raise DataError(f"input {file} cannot be read as CSV: {str(e).strip()}") from None
             continue

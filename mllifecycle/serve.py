@@ -705,10 +705,11 @@ ROUTES = ("/predict", "/health", "/ready", "/metadata", "/metrics", "/docs", "/o
 
 
 def _error(status: int, message: str, detail: list | None = None, headers: dict | None = None):
-    from fastapi.responses import ORJSONResponse
+    import orjson
+    from fastapi.responses import Response
 
-    return ORJSONResponse({"error": message, **({"detail": detail} if detail else {})}, status_code=status,
-                          headers=headers)
+    return Response(orjson.dumps({"error": message, **({"detail": detail} if detail else {})}), status_code=status,
+                    media_type="application/json", headers=headers)
 
 
 def create_app(config: ServeConfig,  # the server's settings
@@ -719,7 +720,7 @@ def create_app(config: ServeConfig,  # the server's settings
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
-    from fastapi.responses import ORJSONResponse, Response
+    from fastapi.responses import Response
     from pydantic import ValidationError
 
     token = os.environ.get(TOKEN_ENV) if token is None else token
@@ -734,8 +735,7 @@ def create_app(config: ServeConfig,  # the server's settings
         yield
         await state.stop()
 
-    app = FastAPI(title="mllifecycle prediction server", lifespan=lifespan, default_response_class=ORJSONResponse,
-                  version=str(state.model.version), description=f"Serves `{config.alias}` from {state.registry.root}.")
+    app = FastAPI(title="mllifecycle prediction server", lifespan=lifespan, version=str(state.model.version), description=f"Serves `{config.alias}` from {state.registry.root}.")
     app.state.server = state
     body_schema = state.parser.json_schema()
 
@@ -870,9 +870,10 @@ class ServerProcess:
 
     def __init__(self, registry_dir: str | Path, config: ServeConfig | None = None,
                  env: dict | None = None,  # extra environment (e.g. the token)
-                 timeout: float = 120.0):  # seconds to wait for /ready
+                 timeout: float = 120.0,  # seconds to wait for /ready
+                 port: int | None = None):  # None: a free port (whatever `config.port` says)
         config = config or ServeConfig()
-        self.config = ServeConfig(**{**asdict(config), "port": config.port or free_port()})
+        self.config = ServeConfig(**{**asdict(config), "port": port or free_port()})
         self.registry_dir, self.env, self.timeout = Path(registry_dir), env or {}, timeout
         self.process: subprocess.Popen | None = None
         self.output = Path(tempfile_name("mllifecycle-serve-", ".log"))

@@ -21,3 +21,47 @@ def artifact_files(run_dir):
     "Every file under a run directory except the executed notebooks of the report and the writers' lock files."
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
                   if p.is_file() and "report" not in p.relative_to(run_dir).parts and not p.name.endswith(".lock"))
+
+
+def messy_table(n_rows: int = 1500, seed: int = 11):
+    "Every column kind serving must handle: numerics with gaps, a boolean, text with gaps, a timestamp, a key."
+    import numpy as np
+
+    from mllifecycle.data import make_synthetic
+
+    df = make_synthetic(n_rows, n_numeric=3, n_categorical=2, missing_frac=0.05, seed=seed)
+    rng = np.random.default_rng(seed)
+    df["flag"] = rng.random(n_rows) < 0.3
+    df.loc[rng.random(n_rows) < 0.05, "cat_1"] = None
+    df["order_id"] = np.arange(n_rows) + 10_000
+    return df
+
+
+@pytest.fixture(scope="session")
+def served_registry(tmp_path_factory):
+    "A registry holding an HGB model (v1, champion), a torch network (v2) and a second HGB (v3) of the messy table."
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from mllifecycle.core import open_run
+    from mllifecycle.data import DataConfig, prepare_data
+    from mllifecycle.registry import Registry, categorical_mask, features_matrix, save_sklearn_model
+    from mllifecycle.train import TrainConfig, fit, save_model
+
+    root = tmp_path_factory.mktemp("served")
+    messy_table().to_csv(root / "messy.csv", index=False)
+    run = open_run(root / "run")
+    prepared = prepare_data(run, DataConfig(data_path=str(root / "messy.csv"), target="target",
+                                            id_columns=["order_id"], derived={"ratio": "num_0 / (num_1 + 3)"}))
+    train, valid = (prepared.pipeline.transform(prepared.splits[s]) for s in ("train", "valid"))
+    classes = prepared.pipeline.classes_
+    for name, iterations in (("hgb", 20), ("hgb_b", 5)):
+        model = HistGradientBoostingClassifier(max_iter=iterations, categorical_features=categorical_mask(train),
+                                               random_state=0)
+        save_sklearn_model(run, name, model.fit(features_matrix(train), train.target), "binary", classes)
+    save_model(run, "net", fit(train, valid, TrainConfig(epochs=2), classes=classes, device="cpu", progress=False))
+    registry = Registry(root / "registry")
+    versions = [registry.register(run, "hgb", threshold=0.4), registry.register(run, "net"),
+                registry.register(run, "hgb_b")]
+    registry.promote(versions[0])
+    registry.promote(versions[1], alias="challenger")
+    return {"root": registry.root, "run": run, "prepared": prepared, "versions": versions}

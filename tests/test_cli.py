@@ -63,7 +63,7 @@ def test_run_with_no_arguments_prepares_the_flights_data(tmp_path):
     listed = mllifecycle("registry", "list", cwd=tmp_path)
     assert listed.returncode == 0 and "champion" in listed.stdout and winner in listed.stdout
     stages = json.loads((run_dir / "report" / "pipeline.json").read_text())["stages"]
-    assert [s["stage"] for s in stages] == ["data", "train", "validate"] and {s["status"] for s in stages} == {"ok"}
+    assert [s["stage"] for s in stages] == ["data", "train", "validate", "deploy"] and {s["status"] for s in stages} == {"ok"}
 
 
 def test_run_on_a_users_csv(tmp_path, synthetic_csv):
