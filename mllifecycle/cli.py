@@ -215,7 +215,7 @@ def _serve_options(parser: argparse.ArgumentParser):
 
 
 @command("serve", "serve a registry alias over HTTP: /predict with dynamic batching, /metrics, hot reload "
-                  f"(bearer token from $MLLIFECYCLE_TOKEN)", _serve_options)
+                  "(bearer token from $MLLIFECYCLE_TOKEN)", _serve_options)
 def serve_command(args: argparse.Namespace) -> int:
     "Run the prediction server until SIGINT or SIGTERM."
     from mllifecycle.serve import ServeConfig, serve

@@ -20,6 +20,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
 
 from .batch import PredictionLog, input_columns, log_schema, log_table, predict_file, read_log
-from .core import MLLifecycleError, ParamError, check_choice, check_integer, check_number
+from .core import MLLifecycleError, ParamError, check_integer, check_number
 from .data import (
     MISSING, UNKNOWN, DATETIME_PARTS, DataError, Features, check_expression, evaluate_expression, scale_numeric)
 from .registry import Predictions, Predictor, RegistryReader, other_data
@@ -38,9 +39,10 @@ from .registry import Predictions, Predictor, RegistryReader, other_data
 __all__ = ['MAX_TEXT', 'TOKEN_ENV', 'LATENCY_BUCKETS', 'ROUTES', 'SETTINGS_ENV', 'record_type', 'RequestParser',
            'validation_errors', 'RecordEncoder', 'ServeConfig', 'ServeMetrics', 'example_record', 'ServedModel',
            'load_served', 'Overloaded', 'answer_body', 'Batcher', 'Scorer', 'limit_threads', 'BodyTooLarge',
-           'ServerState', 'create_app', 'app_from_env', 'serve', 'free_port', 'serve_arguments', 'ServerProcess',
-           'tempfile_name', 'DeployParams', 'DeployStageResult', 'deployed_version', 'request_plan', 'send_requests',
-           'check_answers', 'bad_requests', 'latency_summary', 'plot_latency', 'json_record', 'deploy_stage']
+           'ServerState', 'load_checked', 'reload_alias', 'watch_alias', 'predict_route', 'add_info_routes',
+           'create_app', 'app_from_env', 'serve', 'free_port', 'serve_arguments', 'tempfile_name', 'ServerProcess',
+           'DeployParams', 'DeployStageResult', 'deployed_version', 'request_plan', 'send_requests', 'check_answers',
+           'bad_requests', 'latency_summary', 'plot_latency', 'json_record', 'deploy_stage']
 
 # %% ../nbs/04_deploy.ipynb #31cc71cf
 MAX_TEXT = 1024  # longest accepted categorical value (characters)
@@ -360,7 +362,7 @@ def answer_body(answers: Predictions, start: int, stop: int, request_id: str, ve
         body = {"request_id": request_id, "model_version": version, **rows[0]}
     return orjson.dumps(body)
 
-
+# %% ../nbs/04_deploy.ipynb #448f5585
 class Batcher:
     "Queue requests and score them in batches on one model thread; refuse work beyond `max_queue` records."
 
@@ -438,7 +440,7 @@ class Batcher:
             self._task.cancel()
         self._executor.shutdown(wait=True)
 
-# %% ../nbs/04_deploy.ipynb #aee62a46
+# %% ../nbs/04_deploy.ipynb #ca3f3ece
 def _resolve(jobs: list[_Job], bodies: list[bytes | Exception]):
     for job, body in zip(jobs, bodies):
         if job.future.done():
@@ -530,7 +532,7 @@ def _no_answers(answers: Predictions) -> Predictions:
     probabilities = None if answers.probabilities is None else np.full(answers.probabilities.shape, np.nan)
     return Predictions(empty, probabilities, answers.classes)
 
-# %% ../nbs/04_deploy.ipynb #43e68d22
+# %% ../nbs/04_deploy.ipynb #3ba07cb8
 class _Guard:
     "ASGI middleware: bearer token on every route but /health, a body-size limit, and per-route metrics."
 
@@ -581,7 +583,7 @@ async def _send_json(send, status: int, body: dict, headers: list | None = None)
                             *(headers or [])]})
     await send({"type": "http.response.body", "body": content})
 
-# %% ../nbs/04_deploy.ipynb #19eac3d1
+# %% ../nbs/04_deploy.ipynb #de9c6b72
 def limit_threads(threads: int):
     "Pin the math libraries (OpenMP/BLAS through threadpoolctl, and torch) to `threads` threads in this process."
     from threadpoolctl import threadpool_limits
@@ -604,7 +606,7 @@ async def _read_body(request, limit: int) -> bytes:
         chunks.append(chunk)
     return b"".join(chunks)
 
-# %% ../nbs/04_deploy.ipynb #5565da15
+# %% ../nbs/04_deploy.ipynb #1acf5841
 class ServerState:
     "Everything a running server holds: settings, request parser, served model(s), batcher, log and metrics."
 
@@ -625,52 +627,14 @@ class ServerState:
         self.scorer = Scorer(self.model, self.log, self.metrics, self.shadow)
         self.batcher = Batcher(self.scorer, config.max_batch_size, config.max_wait_ms, config.max_queue, self.metrics)
         self.batcher.start()
-        self._set_version("served", self.model)
+        self.set_version("served", self.model)
         if config.reload_s > 0:
-            self._watcher = asyncio.get_running_loop().create_task(self.watch_alias())
+            self._watcher = asyncio.get_running_loop().create_task(watch_alias(self))
         self.ready = True
 
-    def _set_version(self, role: str, model: ServedModel | None):
+    def set_version(self, role: str, model: ServedModel | None):
         if model is not None and model.version is not None:
             self.metrics.version.labels(role).set(model.version)
-
-    async def watch_alias(self):
-        "Every `reload_s`: if the alias (or the shadow's) points elsewhere, load and check that version, then swap."
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.config.reload_s)
-            for role, ref in (("served", self.config.alias), ("shadow", self.config.shadow)):
-                current = self.model if role == "served" else self.shadow
-                if ref is None or current is None:
-                    continue
-                try:
-                    version = self.registry.resolve(ref)
-                except MLLifecycleError:
-                    continue  # e.g. the alias is being moved: try again next time
-                if version == current.version or self.refused.get(role) == version:
-                    continue
-                try:
-                    new = await loop.run_in_executor(None, self._load_checked, version)
-                except Exception as e:
-                    self.refused[role] = version
-                    self.metrics.reloads.labels("refused").inc()
-                    logging.getLogger(__name__).error("hot reload: version %s refused, version %s keeps serving: %s",
-                                                      version, current.version, e)
-                    continue
-                if role == "served":
-                    self.model = self.scorer.model = new  # the next batch is scored by the new version
-                else:
-                    self.shadow = self.scorer.shadow = new
-                self._set_version(role, new)
-                self.metrics.reloads.labels("loaded").inc()
-                logging.getLogger(__name__).warning("hot reload: %s version %s → %s", ref, current.version, new.version)
-
-    def _load_checked(self, version: int) -> ServedModel:
-        new = load_served(self.registry, version, self.parser, self.config.device)
-        problems = other_data(new.predictor.schema, self.model.predictor.schema)
-        if problems:
-            raise DataError("it is a model of other data: " + "; ".join(problems))
-        return new
 
     async def stop(self):
         "Graceful shutdown: finish the queued requests, stop watching, flush the log."
@@ -700,7 +664,51 @@ class ServerState:
                                                             "version": self.shadow.version},
                 "loaded_at": dt.datetime.fromtimestamp(self.model.loaded_at, dt.timezone.utc).isoformat()}
 
-# %% ../nbs/04_deploy.ipynb #6195b641
+# %% ../nbs/04_deploy.ipynb #8a90f260
+def load_checked(state: ServerState, version: int) -> ServedModel:
+    "Load and check a version for a running server: verified, smoke-tested, and a model of the same data."
+    new = load_served(state.registry, version, state.parser, state.config.device)
+    problems = other_data(new.predictor.schema, state.model.predictor.schema)
+    if problems:
+        raise DataError("it is a model of other data: " + "; ".join(problems))
+    return new
+
+
+async def reload_alias(state: ServerState, role: str, ref: str):
+    "If `ref` (the served alias, or the shadow's) names another version, load it, check it and swap it in."
+    current = state.model if role == "served" else state.shadow
+    try:
+        version = state.registry.resolve(ref)
+    except MLLifecycleError:
+        return  # e.g. the alias is being moved: try again next time
+    if version == current.version or state.refused.get(role) == version:
+        return
+    try:
+        new = await asyncio.get_running_loop().run_in_executor(None, load_checked, state, version)
+    except Exception as e:
+        state.refused[role] = version
+        state.metrics.reloads.labels("refused").inc()
+        logging.getLogger(__name__).error("hot reload: version %s refused, version %s keeps serving: %s",
+                                          version, current.version, e)
+        return
+    if role == "served":
+        state.model = state.scorer.model = new  # the next batch is scored by the new version
+    else:
+        state.shadow = state.scorer.shadow = new
+    state.set_version(role, new)
+    state.metrics.reloads.labels("loaded").inc()
+    logging.getLogger(__name__).warning("hot reload: %s version %s → %s", ref, current.version, new.version)
+
+
+async def watch_alias(state: ServerState):
+    "Every `reload_s` seconds, reload the served alias and the shadow's if they moved."
+    while True:
+        await asyncio.sleep(state.config.reload_s)
+        await reload_alias(state, "served", state.config.alias)
+        if state.shadow is not None:
+            await reload_alias(state, "shadow", state.config.shadow)
+
+# %% ../nbs/04_deploy.ipynb #fda218f0
 ROUTES = ("/predict", "/health", "/ready", "/metadata", "/metrics", "/docs", "/openapi.json")
 
 
@@ -712,38 +720,13 @@ def _error(status: int, message: str, detail: list | None = None, headers: dict 
                     media_type="application/json", headers=headers)
 
 
-def create_app(config: ServeConfig,  # the server's settings
-               registry_dir: str | Path,  # the registry to serve from
-               token: str | None = None,  # bearer token (None: read MLLIFECYCLE_TOKEN; empty: none)
-              ):
-    "The FastAPI application: /predict, /health, /ready, /metadata, /metrics (and /docs)."
-    from contextlib import asynccontextmanager
-
-    from fastapi import FastAPI
+def predict_route(state: "ServerState") -> Callable:
+    "The `/predict` handler: content type, body limit, validation, then the batcher; 415/413/422/503 on the way."
     from fastapi.responses import Response
     from pydantic import ValidationError
 
-    token = os.environ.get(TOKEN_ENV) if token is None else token
-    limit_threads(config.threads)
-    state = ServerState(config, registry_dir)
+    config = state.config
 
-    @asynccontextmanager
-    async def lifespan(app):
-        await state.start()
-        gc.collect()
-        gc.freeze()  # start-up objects leave the collector's view: no long pauses over them later
-        yield
-        await state.stop()
-
-    app = FastAPI(title="mllifecycle prediction server", lifespan=lifespan, version=str(state.model.version), description=f"Serves `{config.alias}` from {state.registry.root}.")
-    app.state.server = state
-    body_schema = state.parser.json_schema()
-
-    @app.post("/predict", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {k: v for k, v in body_schema.items() if k != "$defs"}}}}}, responses={
-        200: {"description": "one answer per record, with the model version and the request id"},
-        413: {"description": "body too large"}, 415: {"description": "not JSON"},
-        422: {"description": "a record does not fit the schema"}, 503: {"description": "queue full; retry"}})
     async def predict(request: Request):
         "Predict for one record (an object) or several (an array of objects)."
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
@@ -771,6 +754,13 @@ def create_app(config: ServeConfig,  # the server's settings
             return _error(422, str(e))
         return Response(answer, media_type="application/json", headers={"x-request-id": request_id})
 
+    return predict
+
+# %% ../nbs/04_deploy.ipynb #f20a0f96
+def add_info_routes(app, state: "ServerState"):
+    "`/health`, `/ready`, `/metadata` and `/metrics`."
+    from fastapi.responses import Response
+
     @app.get("/health")
     async def health():
         "The process is alive."
@@ -781,7 +771,7 @@ def create_app(config: ServeConfig,  # the server's settings
         "A model is loaded and the server takes requests (503 while starting or stopping)."
         if not state.ready:
             return _error(503, "not ready")
-        return {"status": "ready", "version": state.model.version, "alias": config.alias}
+        return {"status": "ready", "version": state.model.version, "alias": state.config.alias}
 
     @app.get("/metadata")
     async def metadata():
@@ -794,21 +784,57 @@ def create_app(config: ServeConfig,  # the server's settings
         state.metrics.log_dropped.set(state.log.dropped_rows if state.log is not None else 0)
         return Response(state.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    def openapi():
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
 
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(body_schema.get("$defs", {}))
-            app.openapi_schema = schema
-        return app.openapi_schema
+def _openapi(app, records: dict) -> dict:
+    "FastAPI's OpenAPI document, with the generated record model among its schemas."
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
 
-    app.openapi = openapi
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(records)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+# %% ../nbs/04_deploy.ipynb #65c8200a
+def create_app(config: ServeConfig,  # the server's settings
+               registry_dir: str | Path,  # the registry to serve from
+               token: str | None = None,  # bearer token (None: read MLLIFECYCLE_TOKEN; empty: none)
+              ):
+    "The FastAPI application: /predict, /health, /ready, /metadata, /metrics (and /docs)."
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    token = os.environ.get(TOKEN_ENV) if token is None else token
+    limit_threads(config.threads)
+    state = ServerState(config, registry_dir)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await state.start()
+        gc.collect()
+        gc.freeze()  # start-up objects leave the collector's view: no long pauses over them later
+        yield
+        await state.stop()
+
+    app = FastAPI(title="mllifecycle prediction server", lifespan=lifespan, version=str(state.model.version),
+                  description=f"Serves `{config.alias}` from {state.registry.root}.")
+    app.state.server = state
+    body_schema = state.parser.json_schema()
+
+    app.post("/predict", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {k: v for k, v in body_schema.items() if k != "$defs"}}}}}, responses={
+        200: {"description": "one answer per record, with the model version and the request id"},
+        413: {"description": "body too large"}, 415: {"description": "not JSON"},
+        422: {"description": "a record does not fit the schema"}, 503: {"description": "queue full; retry"}},
+    )(predict_route(state))
+    add_info_routes(app, state)
+    app.openapi = partial(_openapi, app, body_schema.get("$defs", {}))
     app.add_middleware(_Guard, token=token or None, max_body_bytes=config.max_body_bytes, metrics=state.metrics,
                        routes=set(ROUTES))
     return app
 
-# %% ../nbs/04_deploy.ipynb #3508efcf
+# %% ../nbs/04_deploy.ipynb #ad935cb5
 SETTINGS_ENV = "MLLIFECYCLE_SERVE_SETTINGS"  # how `serve` hands its settings to worker processes
 
 
@@ -846,7 +872,7 @@ def serve(config: ServeConfig,  # the server's settings
     os.environ[SETTINGS_ENV] = json.dumps({"config": asdict(config), "registry_dir": str(registry.root)})
     uvicorn.run("mllifecycle.serve:app_from_env", factory=True, workers=config.workers, **options)
 
-# %% ../nbs/04_deploy.ipynb #ff55a41f
+# %% ../nbs/04_deploy.ipynb #2b78d687
 def free_port() -> int:
     "A TCP port on 127.0.0.1 that is free now."
     with socket.socket() as s:
@@ -865,6 +891,15 @@ def serve_arguments(config: ServeConfig) -> list[str]:
     return arguments
 
 
+def tempfile_name(prefix: str, suffix: str) -> str:
+    "A fresh temporary file name (the file is created empty)."
+    import tempfile
+
+    handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix)
+    os.close(handle)
+    return name
+
+# %% ../nbs/04_deploy.ipynb #b16d7e9f
 class ServerProcess:
     "`mllifecycle serve` in a child process on a free loopback port, stopped with SIGTERM on exit."
 
@@ -924,16 +959,7 @@ class ServerProcess:
     def __exit__(self, *exc):
         self.stop()
 
-
-def tempfile_name(prefix: str, suffix: str) -> str:
-    "A fresh temporary file name (the file is created empty)."
-    import tempfile
-
-    handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix)
-    os.close(handle)
-    return name
-
-# %% ../nbs/04_deploy.ipynb #c50a737b
+# %% ../nbs/04_deploy.ipynb #e6553ae4
 @dataclass
 class DeployParams(ServeConfig):
     "Parameters of the deploy stage: the server's settings plus the test traffic (the notebook's `parameters` cell)."
@@ -963,7 +989,7 @@ class DeployStageResult:
     latencies_ms: np.ndarray  # every request's latency, as the client saw it
     metrics_text: str  # /metrics after the traffic
 
-# %% ../nbs/04_deploy.ipynb #059c4fa2
+# %% ../nbs/04_deploy.ipynb #3f278508
 def deployed_version(run, registry: RegistryReader, alias: str = "champion") -> tuple[int, str]:
     "The version the stage serves and why: the alias's, unless it is a model of other data than the run's."
     from mllifecycle.data import Schema
@@ -1005,7 +1031,7 @@ def request_plan(frame: pd.DataFrame,  # rows to send (raw columns)
         plan.append((picked, json.dumps(body).encode()))
     return plan
 
-# %% ../nbs/04_deploy.ipynb #e30d7627
+# %% ../nbs/04_deploy.ipynb #f08cf22b
 def send_requests(url: str, plan: list[tuple[list[int], bytes]], concurrency: int = 16,
                   headers: dict | None = None) -> tuple[list[tuple[int, dict]], np.ndarray, float]:
     "POST each body of `plan` to `url`/predict from `concurrency` threads: (status, answer) each, latencies, seconds."
@@ -1050,7 +1076,7 @@ def check_answers(predictor: Predictor, frame: pd.DataFrame, plan: list, results
             checked += 1
     return checked
 
-# %% ../nbs/04_deploy.ipynb #7669671b
+# %% ../nbs/04_deploy.ipynb #1a703aff
 def bad_requests(record: dict) -> dict[str, tuple[bytes, str]]:
     "A few malformed requests built from a good record: name → (body, content type)."
     import json
@@ -1063,7 +1089,7 @@ def bad_requests(record: dict) -> dict[str, tuple[bytes, str]]:
             "empty list": (b"[]", "application/json"),
             "not JSON": (b"a=1", "text/plain")}
 
-# %% ../nbs/04_deploy.ipynb #6af8c4c8
+# %% ../nbs/04_deploy.ipynb #3981272b
 def latency_summary(latencies_ms: np.ndarray, seconds: float, records: int) -> dict:
     "Percentiles of request latency, requests and records per second."
     p50, p95, p99 = np.percentile(latencies_ms, [50, 95, 99]) if len(latencies_ms) else (np.nan,) * 3
@@ -1088,7 +1114,7 @@ def plot_latency(latencies_ms: np.ndarray, title: str = "request latency"):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/04_deploy.ipynb #e884a075
+# %% ../nbs/04_deploy.ipynb #b7c6fcc5
 def _replay(run, predictor: Predictor, params: DeployParams) -> dict | None:
     "Batch inference on the stream split into deploy/predictions.parquet, timestamped with the rows' event times."
     if not run.exists("data/stream.parquet") or pq.ParquetFile(run.file("data/stream.parquet")).metadata.num_rows == 0:
@@ -1142,7 +1168,7 @@ def json_record(plan: list) -> dict:
 
     return next(json.loads(body) for rows, body in plan if body.lstrip()[:1] == b"{")
 
-# %% ../nbs/04_deploy.ipynb #da28be69
+# %% ../nbs/04_deploy.ipynb #2ac693a5
 def _validate_quickly(run, seed: int):
     "Run a quick validation stage (one scikit-learn candidate, no cross-validation) so the stage can run alone."
     from mllifecycle.validate import ValidateParams, validate_stage
