@@ -45,15 +45,14 @@ def naive_app(registry: str):
 
 
 def bound_app(registry: str, rows_path: str):
-    "The upper bound: batching over pre-built features — no parsing of the body, no validation, no pipeline, no log."
+    """The upper bound: a raw ASGI app (the stack `mllifecycle serve` answers /predict on) batching pre-built
+    features — no parsing of the body, no validation, no pipeline, no metrics, no log."""
     import gc
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
 
     import orjson
     import pandas as pd
-    from fastapi import FastAPI, Request
-    from fastapi.responses import Response
 
     from mllifecycle.registry import Registry
     from mllifecycle.serve import limit_threads
@@ -61,8 +60,8 @@ def bound_app(registry: str, rows_path: str):
     limit_threads(1)
     predictor = Registry(registry).load("champion")
     features = predictor.features(pd.read_parquet(rows_path).head(256))
-    pending, arrived, executor = [], asyncio.Event(), ThreadPoolExecutor(1)
-    app = FastAPI()
+    pending, executor = [], ThreadPoolExecutor(1)
+    arrived = None
 
     def score(futures):
         n = len(futures)
@@ -81,23 +80,34 @@ def bound_app(registry: str, rows_path: str):
             del pending[:64]
             await loop.run_in_executor(executor, score, batch)
 
-    @app.on_event("startup")
-    async def start():
-        asyncio.get_running_loop().create_task(batches())
-        gc.collect()
-        gc.freeze()
+    async def send_json(send, body: bytes):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
-    @app.post("/predict")
-    async def predict(request: Request):
-        await request.body()
+    async def app(scope, receive, send):
+        nonlocal arrived
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    arrived = asyncio.Event()
+                    asyncio.get_running_loop().create_task(batches())
+                    gc.collect()
+                    gc.freeze()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["path"] == "/ready":
+            return await send_json(send, b'{"status": "ready"}')
+        more = True
+        while more:  # the body, unread
+            more = (await receive()).get("more_body", False)
         future = asyncio.get_running_loop().create_future()
         pending.append(future)
         arrived.set()
-        return Response(await future, media_type="application/json")
-
-    @app.get("/ready")
-    async def ready():
-        return {"status": "ready"}
+        await send_json(send, await future)
 
     return app
 

@@ -70,40 +70,55 @@ def log_schema(predictor: Predictor,  # the model whose answers are logged
     metadata = {"format": LOG_FORMAT, "model": predictor.name, "kind": predictor.kind, "target": schema.target}
     return pa.schema(fields, metadata={k: str(v) for k, v in metadata.items()})
 
-# %% ../nbs/04_batch.ipynb #9d7c832b
-def _values(inputs: pd.DataFrame | list[dict], name: str) -> Any:
+# %% ../nbs/04_batch.ipynb #4ed763d3
+def _values(inputs: pd.DataFrame | list[dict] | dict, name: str) -> Any:
     name = name.removeprefix(INPUT_PREFIX) if name.startswith(INPUT_PREFIX) else name.removeprefix(KEY_PREFIX)
     if isinstance(inputs, pd.DataFrame):
         return inputs[name] if name in inputs else pd.Series([None] * len(inputs), dtype=object)
+    if isinstance(inputs, dict):  # columns already
+        return inputs[name]
     return [record.get(name) for record in inputs]
 
 
 def _as_array(values: Any, kind: pa.DataType) -> pa.Array:
+    if isinstance(values, pa.Array):
+        return values.cast(kind)
     if pa.types.is_string(kind):
         if isinstance(values, pd.Series):
             values = values.astype(object).where(values.notna(), None)
-        return pa.array([v if v is None or isinstance(v, str) else str(v) for v in values], pa.string())
+        try:
+            return pa.array(values, pa.string())  # text already: converted without a Python loop
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            return pa.array([v if v is None or isinstance(v, str) else str(v) for v in values], pa.string())
+    if isinstance(values, np.ndarray) and values.dtype == object and (pa.types.is_integer(kind) or
+                                                                       pa.types.is_boolean(kind)):
+        try:  # labels as Python objects (the predictions): typed first, then converted without a Python loop
+            values = values.astype(kind.to_pandas_dtype())
+        except (TypeError, ValueError):
+            pass
     if pa.types.is_timestamp(kind) and isinstance(values, pd.Series) and not pd.api.types.is_datetime64_any_dtype(values):
         values = pd.to_datetime(values, utc=True, format="ISO8601")
     return pa.array(values, kind, from_pandas=True)
 
 
 def log_table(schema: pa.Schema,  # from `log_schema`
-              inputs: pd.DataFrame | list[dict],  # the rows scored
+              inputs: pd.DataFrame | list[dict] | dict,  # the rows scored: a frame, records, or name → column
               predictions: Predictions,  # their answers
               request_id: str | list[str],  # one id for all rows, or one per row
               rows: np.ndarray,  # each row's place in its request or file
               timestamp: dt.datetime | pd.Series,  # when (or the rows' event times)
-              model_version: int | None,
+              model_version: int | None | list,  # one version for all rows, or one per row
               latency_ms: float | np.ndarray,
-              shadow: tuple[int | None, Predictions] | None = None,  # a shadow model's version and answers
+              shadow: tuple[int | None | list, Predictions] | None = None,  # a shadow model's version(s), answers
              ) -> pa.Table:
     "One batch of answers as a table of the prediction log's schema."
     n, columns = len(predictions), {}
-    columns["request_id"] = [request_id] * n if isinstance(request_id, str) else list(request_id)
+    columns["request_id"] = pa.repeat(request_id, n) if isinstance(request_id, str) else list(request_id)
     columns["row"] = np.asarray(rows, dtype=np.int64)
-    columns["timestamp"] = [timestamp] * n if isinstance(timestamp, dt.datetime) else timestamp
-    columns["model_version"] = [model_version] * n
+    columns["timestamp"] = (pa.repeat(pa.scalar(timestamp, pa.timestamp("us", tz="UTC")), n)
+                            if isinstance(timestamp, dt.datetime) else timestamp)
+    columns["model_version"] = (model_version if isinstance(model_version, list)
+                                else pa.repeat(pa.scalar(model_version, pa.int64()), n))
     columns["latency_ms"] = np.broadcast_to(np.asarray(latency_ms, dtype="float64"), (n,))
     outputs = {"prediction": predictions.predictions}
     for j, label in enumerate(predictions.classes or []):
@@ -111,7 +126,7 @@ def log_table(schema: pa.Schema,  # from `log_schema`
     columns.update(outputs)
     if shadow is not None:
         version, answers = shadow
-        columns["shadow_version"] = [version] * n
+        columns["shadow_version"] = version if isinstance(version, list) else [version] * n
         columns["shadow_prediction"] = answers.predictions
         for j, label in enumerate(answers.classes or []):
             columns[f"shadow_probability_{label}"] = answers.probabilities[:, j]
@@ -127,8 +142,9 @@ class PredictionLog:
                  buffer_rows: int = 5000,  # hand a buffer to the writer at this many rows...
                  flush_seconds: float = 2.0,  # ...or when its oldest row is this old
                  max_pending: int = 8,  # buffers waiting for the disk; beyond this they are dropped (and counted)
+                 build: Callable[[list], pa.Table] | None = None,  # items → one table (None: items are tables)
                 ):
-        self.folder, self.schema = Path(folder), schema
+        self.folder, self.schema, self.build = Path(folder), schema, build
         self.folder.mkdir(parents=True, exist_ok=True)
         self.buffer_rows, self.flush_seconds = int(buffer_rows), float(flush_seconds)
         self._buffer, self._rows, self._since = [], 0, None
@@ -139,8 +155,8 @@ class PredictionLog:
         self._thread = threading.Thread(target=self._write_loop, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def append(self, rows: int, table: pa.Table | Callable[[], pa.Table]):
-        "Add `rows` answers (a table, or a function the writer thread calls to build it); never touches the disk."
+    def append(self, rows: int, table: Any):
+        "Add `rows` answers (a table, a function that builds one, or an item for `build`); never touches the disk."
         with self._lock:
             self._buffer.append((rows, table))
             self._rows += rows
@@ -176,7 +192,8 @@ class PredictionLog:
 
     def _write(self, buffer: list):
         try:
-            tables = [item() if callable(item) else item for _, item in buffer]
+            items = [item for _, item in buffer]
+            tables = [self.build(items)] if self.build else [item() if callable(item) else item for item in items]
             table = pa.concat_tables([t.select(self.schema.names).cast(self.schema) for t in tables])
             path = self.folder / f"{self._prefix}-{len(self.parts):06d}.parquet"
             pq.write_table(table, path.with_suffix(".parquet.tmp"))

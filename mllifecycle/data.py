@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import hashlib
 import json
@@ -1028,6 +1029,12 @@ def check_expression(expression: str) -> list[str]:
     return sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name)})
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(expression: str):
+    "The code of a checked expression, compiled once (a server evaluates the same few on every batch)."
+    return compile(ast.parse(expression, mode="eval"), "<derived>", "eval")
+
+
 def evaluate_expression(expression: str,  # arithmetic over column names, e.g. "year - plane_year"
                         columns: dict[str, np.ndarray],  # the float64 values of (at least) the columns it names
                         n_rows: int,  # rows of the result (an expression of constants is broadcast)
@@ -1039,7 +1046,7 @@ def evaluate_expression(expression: str,  # arithmetic over column names, e.g. "
         raise DataError(f"derived feature {expression!r} needs column(s) {missing}, which the data lacks")
     namespace = {n: columns[n] for n in names}
     with np.errstate(all="ignore"):
-        result = eval(compile(ast.parse(expression, mode="eval"), "<derived>", "eval"), {"__builtins__": {}}, namespace)
+        result = eval(_compiled(expression), {"__builtins__": {}}, namespace)
     result = np.broadcast_to(np.asarray(result, dtype="float64"), (n_rows,)).copy()
     result[~np.isfinite(result)] = np.nan  # x/0 is a missing value, not an infinity
     return result
