@@ -20,13 +20,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .core import ArtifactError, ParamError
+from .core import ArtifactError, ParamError, check_integer
 from .data import DataError, Schema, check_expression
 from .registry import Predictions, Predictor
 
 # %% auto #0
 __all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'input_columns', 'log_schema', 'log_table', 'PredictionLog',
-           'read_log', 'log_inputs', 'parse_part', 'input_units', 'read_chunks', 'prefetch', 'predict_file']
+           'read_log', 'log_inputs', 'parse_part', 'input_units', 'read_chunks', 'prefetch', 'in_order', 'predict_file']
 
 # %% ../nbs/04_batch.ipynb #6454c28b
 LOG_FORMAT = "mllifecycle.predictions/1"
@@ -342,9 +342,27 @@ def prefetch(items: Iterator, depth: int = 2) -> Iterator:
     finally:
         stop.set()
 
-# %% ../nbs/04_batch.ipynb #17911fb7
+# %% ../nbs/04_batch.ipynb #c95dba62
 def _chunk_error(error: Exception, file: Path, first: int, rows: int) -> DataError:
     return DataError(f"rows {first}–{first + rows - 1} of {file.name}: {error}")
+
+
+def in_order(score: Callable[[int, pd.DataFrame], Any],  # (first row, rows) → result, run on a worker thread
+             chunks: Iterator[tuple[int, pd.DataFrame]],  # from `read_chunks`
+             workers: int = 2,  # threads scoring at once
+            ) -> Iterator:
+    "`score` each chunk on `workers` threads, at most two per worker in flight, yielding results in input order."
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="score") as pool:
+        pending = deque()
+        for first, frame in chunks:
+            pending.append(pool.submit(score, first, frame))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("champion")`)
@@ -355,10 +373,12 @@ def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("
                  inputs: bool = False,  # also write the input columns (a full prediction log, for monitoring)
                  time_column: str | None = None,  # the log's timestamp: this column's values (default: now)
                  progress: bool = True,  # a tqdm progress bar
+                 workers: int = 2,  # chunks scored at once, on threads (NumPy, torch and Arrow release the GIL)
                 ) -> dict:  # rows, seconds, rows_per_s, model_version, output
     "Score a file of any size in bounded memory into a prediction-log Parquet file."
     from tqdm.auto import tqdm
 
+    chunk_rows, workers = check_integer("chunk_rows", chunk_rows), check_integer("workers", workers)
     output = Path(output).expanduser().resolve()
     if output.suffix != ".parquet":
         raise ParamError(f"output {output} must be a .parquet file")
@@ -373,21 +393,25 @@ def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary, job = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp"), uuid.uuid4().hex[:12]
     started, rows = time.perf_counter(), 0
+
+    def score(first: int, frame: pd.DataFrame) -> pa.Table:
+        tick = time.perf_counter()
+        try:
+            answers = predictor.predict(frame)
+        except DataError as e:
+            raise _chunk_error(e, Path(input), first, len(frame)) from None
+        latency = (time.perf_counter() - tick) * 1000 / len(frame)
+        when = (frame[time_column] if time_column else dt.datetime.now(dt.timezone.utc))
+        return log_table(schema, frame, answers, job, np.arange(first, first + len(frame)), when, predictor.version,
+                         latency)
+
     try:
         with pq.ParquetWriter(temporary, schema) as writer, \
                 tqdm(total=total, unit="rows", unit_scale=True, disable=not progress, desc="predict") as bar:
-            for first, frame in prefetch(read_chunks(units, wanted, chunk_rows, text)):
-                tick = time.perf_counter()
-                try:
-                    answers = predictor.predict(frame)
-                except DataError as e:
-                    raise _chunk_error(e, Path(input), first, len(frame)) from None
-                latency = (time.perf_counter() - tick) * 1000 / len(frame)
-                when = (frame[time_column] if time_column else dt.datetime.now(dt.timezone.utc))
-                writer.write_table(log_table(schema, frame, answers, job, np.arange(first, first + len(frame)), when,
-                                             predictor.version, latency))
-                rows += len(frame)
-                bar.update(len(frame))
+            for table in in_order(score, prefetch(read_chunks(units, wanted, chunk_rows, text)), workers):
+                writer.write_table(table)
+                rows += table.num_rows
+                bar.update(table.num_rows)
         if rows == 0:
             raise DataError(f"input {input} has no rows to score")
         os.replace(temporary, output)
