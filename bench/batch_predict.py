@@ -1,12 +1,14 @@
-"""Batch inference on a large file: `mllifecycle.batch.predict_file` (streaming row groups, read ahead, written as
-it goes) against the chunked read-all way (read the whole file into memory, then `Predictor.predict` on 1 M-row
-slices and write the result at the end), through the same Predictor, on the same machine.
+"""Batch inference on a large file: `mllifecycle.batch.predict_file` (streaming row groups, read ahead, two chunks
+scored at once on threads, written as it goes) against the chunked read-all way (read the whole file into memory,
+then `Predictor.predict` on 1 M-row slices and write the result at the end), through the same Predictor, on the
+same machine.
 
     python bench/batch_predict.py [--rows 10000000] [--folder bench/out/batch]
 
 The input is a synthetic Parquet file of `--rows` rows × 30 columns (24 numeric, 6 categorical), written in 1 M-row
 row groups; the model is a torch linear model over the features and embeddings (what a default run chose as its
-champion here) trained on 20,000 rows of the same generator, served from a registry. Each way runs in its own process so that its peak RSS is its own. Last line: one JSON object.
+champion here) trained on 20,000 rows of the same generator, served from a registry. Each way runs in its own
+process so that its peak RSS is its own. Last line: one JSON object.
 """
 import argparse
 import json
@@ -45,7 +47,8 @@ def make_registry(folder: Path) -> Path:
     from mllifecycle.registry import Registry
     from mllifecycle.train import TrainConfig, fit, save_model
 
-    make_synthetic(20_000, n_numeric=24, n_categorical=6, missing_frac=0.01, seed=99).to_parquet(folder / "train.parquet")
+    generated = make_synthetic(20_000, n_numeric=24, n_categorical=6, missing_frac=0.01, seed=99)
+    generated.to_parquet(folder / "train.parquet")
     run = open_run(folder / "run")
     prepared = prepare_data(run, DataConfig(data_path=str(folder / "train.parquet"), target="target"))
     train, valid = (prepared.pipeline.transform(prepared.splits[s]) for s in ("train", "valid"))
@@ -111,7 +114,8 @@ def main():
         done = subprocess.run([sys.executable, __file__, "--one", mode, str(registry), str(source),
                                str(folder / f"out-{mode}.parquet")], capture_output=True, text=True)
         if done.returncode != 0:
-            results[mode] = {"error": done.stderr.strip().splitlines()[-1] if done.stderr else f"exit {done.returncode}"}
+            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+            results[mode] = {"error": last}
         else:
             results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
         print(mode, results[mode], flush=True)

@@ -272,8 +272,9 @@ def main():
         registry, run = default_registry(folder)
         rows = run / "data" / "test.parquet"
     predictor = Registry(registry).load("champion")
-    if rows is None:
-        rows = Path(predictor.config.get("source_run", "")) / "data" / "test.parquet"
+    if rows is None:  # the test split of the run the champion came from
+        manifest = Registry(registry).package("champion").read_json("manifest.json")
+        rows = Path(manifest["source_run"]) / "data" / "test.parquet"
     test = pd.read_parquet(rows).head(1000)
     records = json.loads(test[input_columns(predictor)].to_json(orient="records", date_format="iso", date_unit="us"))
     bodies_path = folder / "bodies.jsonl"
@@ -291,7 +292,8 @@ def main():
     print(json.dumps({"model": predictor.name, "family": predictor.family, "clients": args.clients,
                       "naive_rps": naive["rps"], "naive_p99_ms": naive["p99_ms"], "bound_rps": bound["rps"],
                       "bound_p99_ms": bound["p99_ms"], "rps": ours["rps"], "p50_ms": ours["p50_ms"],
-                      "p95_ms": ours["p95_ms"], "p99_ms": ours["p99_ms"], "errors": {k: v for k, v in ours["statuses"].items() if k != "200"},
+                      "p95_ms": ours["p95_ms"], "p99_ms": ours["p99_ms"],
+                      "errors": {k: v for k, v in ours["statuses"].items() if k != "200"},
                       "ratio": round(ours["rps"] / naive["rps"], 2),
                       "bound_fraction": round(ours["rps"] / bound["rps"], 2)}))
 
