@@ -25,8 +25,9 @@ from .data import DataError, Schema, check_expression
 from .registry import Predictions, Predictor
 
 # %% auto #0
-__all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'input_columns', 'log_schema', 'log_table', 'PredictionLog',
-           'read_log', 'log_inputs', 'parse_part', 'input_units', 'read_chunks', 'prefetch', 'in_order', 'predict_file']
+__all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'input_columns', 'log_schema', 'log_table', 'text_columns',
+           'PredictionLog', 'read_log', 'log_inputs', 'parse_part', 'input_units', 'read_chunks', 'prefetch',
+           'in_order', 'predict_file']
 
 # %% ../nbs/04_batch.ipynb #6454c28b
 LOG_FORMAT = "mllifecycle.predictions/1"
@@ -130,10 +131,18 @@ def log_table(schema: pa.Schema,  # from `log_schema`
         columns["shadow_prediction"] = answers.predictions
         for j, label in enumerate(answers.classes or []):
             columns[f"shadow_probability_{label}"] = answers.probabilities[:, j]
-    arrays = [_as_array(columns[f.name] if f.name in columns else _values(inputs, f.name), f.type) for f in schema]
+    arrays = []
+    for f in schema:
+        arrays.append(_as_array(columns[f.name] if f.name in columns else _values(inputs, f.name), f.type))
+        time.sleep(0)  # let other threads — a server's event loop — in between columns, not after the whole table
     return pa.Table.from_arrays(arrays, schema=schema)
 
-# %% ../nbs/04_batch.ipynb #d7f3bca1
+# %% ../nbs/04_batch.ipynb #d8f6ca50
+def text_columns(schema: pa.Schema) -> list[str]:
+    "The text columns of a log schema: the ones worth Parquet's dictionary encoding."
+    return [f.name for f in schema if pa.types.is_string(f.type)]
+
+# %% ../nbs/04_batch.ipynb #4e548a3d
 class PredictionLog:
     "An append-only prediction log: tables buffered in memory, written as Parquet part files by a background thread."
 
@@ -196,7 +205,7 @@ class PredictionLog:
             tables = [self.build(items)] if self.build else [item() if callable(item) else item for item in items]
             table = pa.concat_tables([t.select(self.schema.names).cast(self.schema) for t in tables])
             path = self.folder / f"{self._prefix}-{len(self.parts):06d}.parquet"
-            pq.write_table(table, path.with_suffix(".parquet.tmp"))
+            pq.write_table(table, path.with_suffix(".parquet.tmp"), use_dictionary=text_columns(self.schema))
             os.replace(path.with_suffix(".parquet.tmp"), path)
         except Exception as e:  # a bad buffer must not stop the writer: count it and go on
             logging.getLogger(__name__).error("prediction log: a buffer could not be written: %s", e)
@@ -218,7 +227,7 @@ class PredictionLog:
             self._pending.put(None)
             self._thread.join()
 
-# %% ../nbs/04_batch.ipynb #065b1445
+# %% ../nbs/04_batch.ipynb #c9b149d5
 def read_log(path: str | Path) -> pd.DataFrame:
     "A prediction log as one frame: a Parquet file, or a folder of part files (a server's log, batch outputs)."
     path = Path(path).expanduser()
@@ -244,7 +253,7 @@ def log_inputs(log: pd.DataFrame) -> pd.DataFrame:
     inputs = [c for c in log.columns if c.startswith(INPUT_PREFIX)]
     return log[inputs].rename(columns=lambda c: c.removeprefix(INPUT_PREFIX))
 
-# %% ../nbs/04_batch.ipynb #9a50f0ed
+# %% ../nbs/04_batch.ipynb #d9368b34
 def parse_part(part: str | tuple[int, int]) -> tuple[int, int]:
     "`'I/N'` → (I, N): this process's share of a job split N ways (1 ≤ I ≤ N)."
     try:
@@ -280,7 +289,7 @@ def input_units(path: str | Path,  # a Parquet file, a folder of Parquet parts, 
             first += metadata.row_group(group).num_rows
     return units[index - 1::count]
 
-# %% ../nbs/04_batch.ipynb #e2ee59d4
+# %% ../nbs/04_batch.ipynb #b3916b7a
 def read_chunks(units: list[tuple[Path, int | None, int]],  # from `input_units`
                 columns: list[str],  # the columns to read (those present are read)
                 chunk_rows: int = 65536,  # rows per chunk
@@ -307,7 +316,7 @@ def read_chunks(units: list[tuple[Path, int | None, int]],  # from `input_units`
         except (pa.ArrowInvalid, OSError) as e:
             raise DataError(f"input {file} (row group {group}) cannot be read: {e}") from None
 
-# %% ../nbs/04_batch.ipynb #52005413
+# %% ../nbs/04_batch.ipynb #aeab3c9a
 def prefetch(items: Iterator, depth: int = 2) -> Iterator:
     "Yield `items`, produced by a background thread at most `depth` ahead; the producer's error is raised here."
     pending, done = queue.Queue(maxsize=depth), object()
@@ -342,7 +351,7 @@ def prefetch(items: Iterator, depth: int = 2) -> Iterator:
     finally:
         stop.set()
 
-# %% ../nbs/04_batch.ipynb #c95dba62
+# %% ../nbs/04_batch.ipynb #811c0746
 def _chunk_error(error: Exception, file: Path, first: int, rows: int) -> DataError:
     return DataError(f"rows {first}–{first + rows - 1} of {file.name}: {error}")
 
@@ -373,12 +382,13 @@ def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("
                  inputs: bool = False,  # also write the input columns (a full prediction log, for monitoring)
                  time_column: str | None = None,  # the log's timestamp: this column's values (default: now)
                  progress: bool = True,  # a tqdm progress bar
-                 workers: int = 2,  # chunks scored at once, on threads (NumPy, torch and Arrow release the GIL)
+                 workers: int | None = None,  # chunks scored at once on threads; None → one per core, plus one
                 ) -> dict:  # rows, seconds, rows_per_s, model_version, output
     "Score a file of any size in bounded memory into a prediction-log Parquet file."
     from tqdm.auto import tqdm
 
-    chunk_rows, workers = check_integer("chunk_rows", chunk_rows), check_integer("workers", workers)
+    workers = min(8, (os.cpu_count() or 1) + 1) if workers is None else check_integer("workers", workers)
+    chunk_rows = check_integer("chunk_rows", chunk_rows)
     output = Path(output).expanduser().resolve()
     if output.suffix != ".parquet":
         raise ParamError(f"output {output} must be a .parquet file")
@@ -406,7 +416,7 @@ def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("
                          latency)
 
     try:
-        with pq.ParquetWriter(temporary, schema) as writer, \
+        with pq.ParquetWriter(temporary, schema, use_dictionary=text_columns(schema)) as writer, \
                 tqdm(total=total, unit="rows", unit_scale=True, disable=not progress, desc="predict") as bar:
             for table in in_order(score, prefetch(read_chunks(units, wanted, chunk_rows, text)), workers):
                 writer.write_table(table)

@@ -238,7 +238,7 @@ def _predict_options(parser: argparse.ArgumentParser):
     parser.add_argument("--inputs", action="store_true", help="also write the input columns (a full prediction log)")
     parser.add_argument("--time-column", help="take the log's timestamps from this column (default: now)")
     parser.add_argument("--device", default="cpu", help="torch models: cpu, cuda or auto (default: cpu)")
-    parser.add_argument("--workers", type=int, default=2, help="chunks scored at once, on threads (default: 2)")
+    parser.add_argument("--workers", type=int, help="chunks scored at once, on threads (default: one per core, plus one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -247,8 +247,8 @@ def predict_command(args: argparse.Namespace) -> int:
     "Batch inference with a registry version; print what was written."
     from mllifecycle.batch import predict_file
 
-    if args.chunk_rows < 1 or args.workers < 1:
-        raise ParamError(f"--chunk-rows and --workers must be at least 1, got {args.chunk_rows} and {args.workers}")
+    if args.chunk_rows < 1:
+        raise ParamError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
     predictor = open_registry(args).load(args.alias, device=args.device)
     done = predict_file(predictor, args.input, args.output, args.chunk_rows, args.part, inputs=args.inputs,
                         time_column=args.time_column, progress=not args.no_progress, workers=args.workers)

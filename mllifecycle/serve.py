@@ -291,8 +291,18 @@ class ServeMetrics:
         self.errors = Counter("mllifecycle_errors", "Errors by kind", ["kind"], registry=r)
         self.reloads = Counter("mllifecycle_reloads", "Hot reloads by outcome (loaded, refused)", ["outcome"],
                                registry=r)
+        self._children = {}  # (route, status) → the counter and histogram children of that request kind
         self.log_dropped = Gauge("mllifecycle_log_dropped_rows", "Prediction log rows dropped (disk too slow)",
                                  registry=r, multiprocess_mode="livesum")
+
+    def observe_request(self, route: str, status: int, seconds: float):
+        "Count a request and its latency (the labelled children are cached: `labels()` costs µs per call)."
+        key = (route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(route, str(status)), self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> bytes:
         "The metrics as Prometheus text (all worker processes' in multiprocess mode)."
@@ -410,14 +420,9 @@ class Batcher:
             raise Overloaded(f"{self.waiting} records are waiting (the limit is {self.max_queue})")
         job = _Job(records, request_id, asyncio.get_running_loop().create_future(), is_list)
         self._jobs.append(job)
-        self._change(len(records))
+        self.waiting += len(records)
         self._arrived.set()
         return await job.future
-
-    def _change(self, records: int):
-        self.waiting += records
-        if self.metrics is not None:
-            self.metrics.queue.inc(records)
 
     def _take(self) -> list[_Job]:
         taken, size = [], 0
@@ -425,7 +430,9 @@ class Batcher:
             job = self._jobs.pop(0)
             taken.append(job)
             size += len(job.records)
-        self._change(-size)
+        self.waiting -= size
+        if self.metrics is not None:
+            self.metrics.queue.set(self.waiting)  # once per batch, not per request
         return taken
 
     async def _run(self):
@@ -634,8 +641,7 @@ class _Guard:
             else:
                 await self.app(scope, receive, send_status)
         finally:
-            self.metrics.requests.labels(route, str(status[0])).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.observe_request(route, status[0], time.perf_counter() - started)
 
     def _refusal(self, scope, path: str) -> tuple[int, dict, list] | None:
         headers = dict(scope["headers"])
