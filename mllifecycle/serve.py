@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -43,9 +44,9 @@ __all__ = ['MAX_TEXT', 'TOKEN_ENV', 'LATENCY_BUCKETS', 'ROUTES', 'SETTINGS_ENV',
            'load_served', 'Overloaded', 'answer_body', 'Batcher', 'Scorer', 'LoggedBatch', 'record_columns',
            'logged_table', 'limit_threads', 'BodyTooLarge', 'ServerState', 'load_checked', 'reload_alias',
            'watch_alias', 'answer_predict', 'predict_route', 'add_info_routes', 'create_app', 'app_from_env', 'serve',
-           'free_port', 'serve_arguments', 'tempfile_name', 'ServerProcess', 'DeployParams', 'DeployStageResult',
-           'deployed_version', 'request_plan', 'send_requests', 'check_answers', 'bad_requests', 'latency_summary',
-           'plot_latency', 'json_record', 'deploy_stage']
+           'free_port', 'serve_arguments', 'ServerProcess', 'DeployParams', 'DeployStageResult', 'deployed_version',
+           'request_plan', 'send_requests', 'check_answers', 'bad_requests', 'latency_summary', 'plot_latency',
+           'json_record', 'deploy_stage']
 
 # %% ../nbs/04_deploy.ipynb #31cc71cf
 MAX_TEXT = 1024  # longest accepted categorical value (characters)
@@ -632,19 +633,19 @@ class _Guard:
                 status[0] = message["status"]
             await send(message)
 
-        refusal = self._refusal(scope, path)
+        headers = dict(scope["headers"])
+        refusal = self._refusal(headers, path)
         try:
             if refusal is not None:
                 await _send_json(send_status, *refusal)
             elif self.predict is not None and path == "/predict" and scope["method"] == "POST":
-                await _send_answer(send_status, *await self.predict(dict(scope["headers"]), receive))
+                await _send_answer(send_status, *await self.predict(headers, receive))
             else:
                 await self.app(scope, receive, send_status)
         finally:
             self.metrics.observe_request(route, status[0], time.perf_counter() - started)
 
-    def _refusal(self, scope, path: str) -> tuple[int, dict, list] | None:
-        headers = dict(scope["headers"])
+    def _refusal(self, headers: dict[bytes, bytes], path: str) -> tuple[int, dict, list] | None:
         if self.token is not None and path != "/health":
             given = headers.get(b"authorization", b"").decode("latin-1")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
@@ -804,16 +805,8 @@ async def watch_alias(state: ServerState):
         if state.shadow is not None:
             await reload_alias(state, "shadow", state.config.shadow)
 
-# %% ../nbs/04_deploy.ipynb #fda218f0
+# %% ../nbs/04_deploy.ipynb #1fdff9ae
 ROUTES = ("/predict", "/health", "/ready", "/metadata", "/metrics", "/docs", "/openapi.json")
-
-
-def _error(status: int, message: str, detail: list | None = None, headers: dict | None = None):
-    import orjson
-    from fastapi.responses import Response
-
-    return Response(orjson.dumps({"error": message, **({"detail": detail} if detail else {})}), status_code=status,
-                    media_type="application/json", headers=headers)
 
 
 def _error_answer(status: int, message: str, detail: list | None = None, headers: list | None = None):
@@ -878,7 +871,8 @@ def add_info_routes(app, state: "ServerState"):
     async def ready():
         "A model is loaded and the server takes requests (503 while starting or stopping)."
         if not state.ready:
-            return _error(503, "not ready")
+            status, content, _ = _error_answer(503, "not ready")
+            return Response(content, status_code=status, media_type="application/json")
         return {"status": "ready", "version": state.model.version, "alias": state.config.alias}
 
     @app.get("/metadata")
@@ -974,8 +968,6 @@ def serve(config: ServeConfig,  # the server's settings
         uvicorn.run(create_app(config, registry.root), **options)
         return
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        import tempfile
-
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mllifecycle-metrics-")
     os.environ[SETTINGS_ENV] = json.dumps({"config": asdict(config), "registry_dir": str(registry.root)})
     uvicorn.run("mllifecycle.serve:app_from_env", factory=True, workers=config.workers, **options)
@@ -998,15 +990,6 @@ def serve_arguments(config: ServeConfig) -> list[str]:
             arguments += [f"--{name.replace('_', '-')}", value if isinstance(value, str) else json.dumps(value)]
     return arguments
 
-
-def tempfile_name(prefix: str, suffix: str) -> str:
-    "A fresh temporary file name (the file is created empty)."
-    import tempfile
-
-    handle, name = tempfile.mkstemp(prefix=prefix, suffix=suffix)
-    os.close(handle)
-    return name
-
 # %% ../nbs/04_deploy.ipynb #b16d7e9f
 class ServerProcess:
     "`mllifecycle serve` in a child process on a free loopback port, stopped with SIGTERM on exit."
@@ -1019,7 +1002,8 @@ class ServerProcess:
         self.config = ServeConfig(**{**asdict(config), "port": port or free_port()})
         self.registry_dir, self.env, self.timeout = Path(registry_dir), env or {}, timeout
         self.process: subprocess.Popen | None = None
-        self.output = Path(tempfile_name("mllifecycle-serve-", ".log"))
+        with tempfile.NamedTemporaryFile(prefix="mllifecycle-serve-", suffix=".log", delete=False) as out:
+            self.output = Path(out.name)  # what the server prints, quoted when it fails to start
 
     @property
     def url(self) -> str:
