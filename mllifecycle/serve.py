@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
 
-from .batch import PredictionLog, input_columns, log_schema, log_table, predict_file, read_log
+from .batch import (
+    INPUT_PREFIX, KEY_PREFIX, PredictionLog, input_columns, log_schema, log_table, predict_file, read_log)
 from .core import MLLifecycleError, ParamError, check_integer, check_number
 from .data import (
     MISSING, UNKNOWN, DATETIME_PARTS, DataError, Features, check_expression, evaluate_expression)
@@ -41,8 +42,8 @@ from .registry import Predictions, Predictor, RegistryReader, other_data
 # %% auto #0
 __all__ = ['MAX_TEXT', 'TOKEN_ENV', 'LATENCY_BUCKETS', 'ROUTES', 'SETTINGS_ENV', 'record_type', 'RequestParser',
            'validation_errors', 'RecordEncoder', 'ServeConfig', 'ServeMetrics', 'example_record', 'ServedModel',
-           'load_served', 'Overloaded', 'answer_body', 'Batcher', 'Scorer', 'LoggedBatch', 'record_columns',
-           'logged_table', 'limit_threads', 'BodyTooLarge', 'ServerState', 'load_checked', 'reload_alias',
+           'load_served', 'Overloaded', 'answer_body', 'Batcher', 'LoggedBatch', 'logged_inputs', 'record_columns',
+           'logged_table', 'Scorer', 'limit_threads', 'BodyTooLarge', 'ServerState', 'load_checked', 'reload_alias',
            'watch_alias', 'answer_predict', 'predict_route', 'add_info_routes', 'create_app', 'app_from_env', 'serve',
            'free_port', 'serve_arguments', 'ServerProcess', 'DeployParams', 'DeployStageResult', 'deployed_version',
            'request_plan', 'send_requests', 'check_answers', 'bad_requests', 'latency_summary', 'plot_latency',
@@ -471,7 +472,67 @@ class Batcher:
             self._task.cancel()
         self._executor.shutdown(wait=True)
 
-# %% ../nbs/04_deploy.ipynb #ca3f3ece
+# %% ../nbs/04_deploy.ipynb #53200bbc
+@dataclass
+class LoggedBatch:
+    "One scored batch, as the prediction log keeps it until its buffer is written: its inputs as columns."
+    inputs: dict[str, list | np.ndarray]  # from `record_columns`
+    answers: Predictions
+    request_ids: list[str]
+    rows: np.ndarray  # each record's place in its request
+    when: dt.datetime
+    version: int | None
+    latency_ms: float
+    shadow: tuple[int | None, Predictions] | None = None
+
+
+def _no_answers(answers: Predictions) -> Predictions:
+    "Missing answers shaped like `answers` (a shadow that skipped a batch)."
+    empty = np.full(len(answers), None, dtype=object)
+    probabilities = None if answers.probabilities is None else np.full(answers.probabilities.shape, np.nan)
+    return Predictions(empty, probabilities, answers.classes)
+
+
+def _joined(answers: list[Predictions]) -> Predictions:
+    probabilities = [a.probabilities for a in answers]
+    return Predictions(np.concatenate([a.predictions for a in answers]),
+                       None if probabilities[0] is None else np.concatenate(probabilities), answers[0].classes)
+
+
+def logged_inputs(schema: "pa.Schema") -> tuple[list[str], list[str]]:
+    "The data's columns a log schema holds: (the numeric inputs, the others — text, timestamps and keys)."
+    names = [f.name.split(".", 1)[1] for f in schema if f.name.startswith((INPUT_PREFIX, KEY_PREFIX))]
+    numeric = [n for n in names if INPUT_PREFIX + n in schema.names
+               and pa.types.is_floating(schema.field(INPUT_PREFIX + n).type)]
+    return numeric, [n for n in names if n not in numeric]
+
+
+def record_columns(records: list[dict], numeric: list[str], other: list[str]) -> dict[str, list | np.ndarray]:
+    "Records as columns: float64 arrays for numeric inputs, lists for the rest (the dicts can then be freed)."
+    columns = {name: np.array([r[name] for r in records], dtype="float64") for name in numeric}
+    columns.update({name: [r.get(name) for r in records] for name in other})
+    return columns
+
+
+def _concatenated(parts: list) -> list | np.ndarray:
+    return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else list(itertools.chain.from_iterable(parts))
+
+
+def logged_table(schema: "pa.Schema", batches: list[LoggedBatch]) -> "pa.Table":
+    "The prediction log's rows for a buffer of batches: one table, built once on the log's writer thread."
+    sizes = [len(b.answers) for b in batches]
+    shadow = None
+    if "shadow_version" in schema.names:
+        shadow = ([b.shadow[0] if b.shadow else None for b, n in zip(batches, sizes) for _ in range(n)],
+                  _joined([b.shadow[1] if b.shadow else _no_answers(b.answers) for b in batches]))
+    inputs = {name: _concatenated([b.inputs[name] for b in batches]) for name in batches[0].inputs}
+    return log_table(schema, inputs, _joined([b.answers for b in batches]),
+                     [i for b in batches for i in b.request_ids], np.concatenate([b.rows for b in batches]),
+                     np.repeat(np.array([b.when.replace(tzinfo=None) for b in batches], "datetime64[us]"), sizes),
+                     [b.version for b, n in zip(batches, sizes) for _ in range(n)],
+                     np.repeat([b.latency_ms for b in batches], sizes), shadow)
+
+# %% ../nbs/04_deploy.ipynb #02925b8c
 def _resolve(jobs: list[_Job], bodies: list[bytes | Exception]):
     for job, body in zip(jobs, bodies):
         if job.future.done():
@@ -490,11 +551,8 @@ class Scorer:
         self.model, self.shadow, self.log, self.metrics = model, shadow, log, metrics
         self._shadow_executor = ThreadPoolExecutor(1, thread_name_prefix="shadow") if shadow is not None else None
         self._shadow_slots = threading.BoundedSemaphore(shadow_queue)  # batches the shadow may have in hand
-        if log is not None:  # the logged inputs: (numeric columns, the others)
-            names = [f.name.split(".", 1)[1] for f in log.schema if f.name.startswith(("input.", "key."))]
-            numeric = [n for n in names if f"input.{n}" in log.schema.names and
-                       pa.types.is_floating(log.schema.field(f"input.{n}").type)]
-            self._log_columns = (numeric, [n for n in names if n not in numeric])
+        if log is not None:
+            self._log_columns = logged_inputs(log.schema)
 
     def _answers(self, model: ServedModel, jobs: list[_Job], records: list[dict]) -> tuple[Predictions | None, list]:
         try:
@@ -560,59 +618,7 @@ class Scorer:
         if self._shadow_executor is not None:
             self._shadow_executor.shutdown(wait=True)
 
-
-@dataclass
-class LoggedBatch:
-    "One scored batch, as the prediction log keeps it until its buffer is written: its inputs as columns."
-    inputs: dict[str, list | np.ndarray]  # from `record_columns`
-    answers: Predictions
-    request_ids: list[str]
-    rows: np.ndarray  # each record's place in its request
-    when: dt.datetime
-    version: int | None
-    latency_ms: float
-    shadow: tuple[int | None, Predictions] | None = None
-
-
-def _no_answers(answers: Predictions) -> Predictions:
-    "Missing answers shaped like `answers` (a shadow that skipped a batch)."
-    empty = np.full(len(answers), None, dtype=object)
-    probabilities = None if answers.probabilities is None else np.full(answers.probabilities.shape, np.nan)
-    return Predictions(empty, probabilities, answers.classes)
-
-
-def _joined(answers: list[Predictions]) -> Predictions:
-    probabilities = [a.probabilities for a in answers]
-    return Predictions(np.concatenate([a.predictions for a in answers]),
-                       None if probabilities[0] is None else np.concatenate(probabilities), answers[0].classes)
-
-
-def record_columns(records: list[dict], numeric: list[str], other: list[str]) -> dict[str, list | np.ndarray]:
-    "Records as columns: float64 arrays for numeric inputs, lists for the rest (the dicts can then be freed)."
-    columns = {name: np.array([r[name] for r in records], dtype="float64") for name in numeric}
-    columns.update({name: [r.get(name) for r in records] for name in other})
-    return columns
-
-
-def _concatenated(parts: list) -> list | np.ndarray:
-    return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else list(itertools.chain.from_iterable(parts))
-
-
-def logged_table(schema: "pa.Schema", batches: list[LoggedBatch]) -> "pa.Table":
-    "The prediction log's rows for a buffer of batches: one table, built once on the log's writer thread."
-    sizes = [len(b.answers) for b in batches]
-    shadow = None
-    if "shadow_version" in schema.names:
-        shadow = ([b.shadow[0] if b.shadow else None for b, n in zip(batches, sizes) for _ in range(n)],
-                  _joined([b.shadow[1] if b.shadow else _no_answers(b.answers) for b in batches]))
-    inputs = {name: _concatenated([b.inputs[name] for b in batches]) for name in batches[0].inputs}
-    return log_table(schema, inputs, _joined([b.answers for b in batches]),
-                     [i for b in batches for i in b.request_ids], np.concatenate([b.rows for b in batches]),
-                     np.repeat(np.array([b.when.replace(tzinfo=None) for b in batches], "datetime64[us]"), sizes),
-                     [b.version for b, n in zip(batches, sizes) for _ in range(n)],
-                     np.repeat([b.latency_ms for b in batches], sizes), shadow)
-
-# %% ../nbs/04_deploy.ipynb #832fe178
+# %% ../nbs/04_deploy.ipynb #7fd16859
 class _Guard:
     "ASGI middleware: bearer token on every route but /health, a body-size limit, per-route metrics, and /predict."
 
@@ -669,7 +675,7 @@ async def _send_answer(send, status: int, content: bytes, headers: list):
                             *headers]})
     await send({"type": "http.response.body", "body": content})
 
-# %% ../nbs/04_deploy.ipynb #de9c6b72
+# %% ../nbs/04_deploy.ipynb #bdf1e228
 def limit_threads(threads: int):
     "Pin the math libraries (OpenMP/BLAS through threadpoolctl, and torch) to `threads` threads in this process."
     from threadpoolctl import threadpool_limits
@@ -697,7 +703,7 @@ async def _read_body(receive: Callable, limit: int) -> bytes:
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-# %% ../nbs/04_deploy.ipynb #1acf5841
+# %% ../nbs/04_deploy.ipynb #41e50562
 class ServerState:
     "Everything a running server holds: settings, request parser, served model(s), batcher, log and metrics."
 
@@ -761,7 +767,7 @@ class ServerState:
                                                             "version": self.shadow.version},
                 "loaded_at": dt.datetime.fromtimestamp(self.model.loaded_at, dt.timezone.utc).isoformat()}
 
-# %% ../nbs/04_deploy.ipynb #8a90f260
+# %% ../nbs/04_deploy.ipynb #8550c8e6
 def load_checked(state: ServerState, version: int) -> ServedModel:
     "Load and check a version for a running server: verified, smoke-tested, and a model of the same data."
     new = load_served(state.registry, version, state.parser, state.config.device)
@@ -805,7 +811,7 @@ async def watch_alias(state: ServerState):
         if state.shadow is not None:
             await reload_alias(state, "shadow", state.config.shadow)
 
-# %% ../nbs/04_deploy.ipynb #1fdff9ae
+# %% ../nbs/04_deploy.ipynb #20d41848
 ROUTES = ("/predict", "/health", "/ready", "/metadata", "/metrics", "/docs", "/openapi.json")
 
 
@@ -857,7 +863,7 @@ def predict_route(state: "ServerState") -> Callable:
 
     return predict
 
-# %% ../nbs/04_deploy.ipynb #f20a0f96
+# %% ../nbs/04_deploy.ipynb #02107e58
 def add_info_routes(app, state: "ServerState"):
     "`/health`, `/ready`, `/metadata` and `/metrics`."
     from fastapi.responses import Response
@@ -897,7 +903,7 @@ def _openapi(app, records: dict) -> dict:
         app.openapi_schema = schema
     return app.openapi_schema
 
-# %% ../nbs/04_deploy.ipynb #65c8200a
+# %% ../nbs/04_deploy.ipynb #cf51a8c7
 def create_app(config: ServeConfig,  # the server's settings
                registry_dir: str | Path,  # the registry to serve from
                token: str | None = None,  # bearer token (None: read MLLIFECYCLE_TOKEN; empty: none)
@@ -936,7 +942,7 @@ def create_app(config: ServeConfig,  # the server's settings
                        routes=set(ROUTES), predict=partial(answer_predict, state))
     return app
 
-# %% ../nbs/04_deploy.ipynb #ad935cb5
+# %% ../nbs/04_deploy.ipynb #f8df94e6
 SETTINGS_ENV = "MLLIFECYCLE_SERVE_SETTINGS"  # how `serve` hands its settings to worker processes
 
 
@@ -972,7 +978,7 @@ def serve(config: ServeConfig,  # the server's settings
     os.environ[SETTINGS_ENV] = json.dumps({"config": asdict(config), "registry_dir": str(registry.root)})
     uvicorn.run("mllifecycle.serve:app_from_env", factory=True, workers=config.workers, **options)
 
-# %% ../nbs/04_deploy.ipynb #2b78d687
+# %% ../nbs/04_deploy.ipynb #fc41cbce
 def free_port() -> int:
     "A TCP port on 127.0.0.1 that is free now."
     with socket.socket() as s:
@@ -990,7 +996,7 @@ def serve_arguments(config: ServeConfig) -> list[str]:
             arguments += [f"--{name.replace('_', '-')}", value if isinstance(value, str) else json.dumps(value)]
     return arguments
 
-# %% ../nbs/04_deploy.ipynb #b16d7e9f
+# %% ../nbs/04_deploy.ipynb #15baef15
 class ServerProcess:
     "`mllifecycle serve` in a child process on a free loopback port, stopped with SIGTERM on exit."
 
@@ -1051,7 +1057,7 @@ class ServerProcess:
     def __exit__(self, *exc):
         self.stop()
 
-# %% ../nbs/04_deploy.ipynb #e6553ae4
+# %% ../nbs/04_deploy.ipynb #39b74c39
 @dataclass
 class DeployParams(ServeConfig):
     "Parameters of the deploy stage: the server's settings plus the test traffic (the notebook's `parameters` cell)."
@@ -1081,7 +1087,7 @@ class DeployStageResult:
     latencies_ms: np.ndarray  # every request's latency, as the client saw it
     metrics_text: str  # /metrics after the traffic
 
-# %% ../nbs/04_deploy.ipynb #3f278508
+# %% ../nbs/04_deploy.ipynb #c1fc44f8
 def deployed_version(run, registry: RegistryReader, alias: str = "champion") -> tuple[int, str]:
     "The version the stage serves and why: the alias's, unless it is a model of other data than the run's."
     from mllifecycle.data import Schema
@@ -1123,7 +1129,7 @@ def request_plan(frame: pd.DataFrame,  # rows to send (raw columns)
         plan.append((picked, json.dumps(body).encode()))
     return plan
 
-# %% ../nbs/04_deploy.ipynb #f08cf22b
+# %% ../nbs/04_deploy.ipynb #633886b0
 def send_requests(url: str, plan: list[tuple[list[int], bytes]], concurrency: int = 16,
                   headers: dict | None = None) -> tuple[list[tuple[int, dict]], np.ndarray, float]:
     "POST each body of `plan` to `url`/predict from `concurrency` threads: (status, answer) each, latencies, seconds."
@@ -1168,7 +1174,7 @@ def check_answers(predictor: Predictor, frame: pd.DataFrame, plan: list, results
             checked += 1
     return checked
 
-# %% ../nbs/04_deploy.ipynb #1a703aff
+# %% ../nbs/04_deploy.ipynb #01eac1d0
 def bad_requests(record: dict) -> dict[str, tuple[bytes, str]]:
     "A few malformed requests built from a good record: name → (body, content type)."
     import json
@@ -1181,7 +1187,7 @@ def bad_requests(record: dict) -> dict[str, tuple[bytes, str]]:
             "empty list": (b"[]", "application/json"),
             "not JSON": (b"a=1", "text/plain")}
 
-# %% ../nbs/04_deploy.ipynb #3981272b
+# %% ../nbs/04_deploy.ipynb #035b8ae5
 def latency_summary(latencies_ms: np.ndarray, seconds: float, records: int) -> dict:
     "Percentiles of request latency, requests and records per second."
     p50, p95, p99 = np.percentile(latencies_ms, [50, 95, 99]) if len(latencies_ms) else (np.nan,) * 3
@@ -1206,7 +1212,7 @@ def plot_latency(latencies_ms: np.ndarray, title: str = "request latency"):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/04_deploy.ipynb #b7c6fcc5
+# %% ../nbs/04_deploy.ipynb #0656cded
 def _replay(run, predictor: Predictor, params: DeployParams) -> dict | None:
     "Batch inference on the stream split into deploy/predictions.parquet, timestamped with the rows' event times."
     if not run.exists("data/stream.parquet") or pq.ParquetFile(run.file("data/stream.parquet")).metadata.num_rows == 0:
@@ -1260,7 +1266,7 @@ def json_record(plan: list) -> dict:
 
     return next(json.loads(body) for rows, body in plan if body.lstrip()[:1] == b"{")
 
-# %% ../nbs/04_deploy.ipynb #2ac693a5
+# %% ../nbs/04_deploy.ipynb #4339486d
 def _validate_quickly(run, seed: int):
     "Run a quick validation stage (one scikit-learn candidate, no cross-validation) so the stage can run alone."
     from mllifecycle.validate import ValidateParams, validate_stage
