@@ -65,7 +65,7 @@ def test_record_path_equals_frame_path(served, ref):
 def client(served):
     from fastapi.testclient import TestClient
 
-    config = ServeConfig(max_records=50, max_queue=200, max_body_bytes=20_000, log_dir=None, reload_s=0)
+    config = ServeConfig(max_records=50, max_queue=200, max_body_bytes=20_000, log=False, reload_s=0)
     with TestClient(create_app(config, served["root"], token=TOKEN)) as client:
         yield client
 
@@ -265,7 +265,7 @@ def test_a_version_that_fails_verification_is_refused(served, tmp_path):
     registry = Registry(root)
     v_hgb, _, v_other = served["versions"]
     record = as_json_records(served["test"].head(1), served["columns"])[0]
-    with ServerProcess(root, ServeConfig(log_dir=None, reload_s=0.1)) as server:
+    with ServerProcess(root, ServeConfig(log=False, reload_s=0.1)) as server:
         weights = registry.package(v_other).file("models/hgb_b/model.skops")
         weights.chmod(0o644)
         weights.write_bytes(weights.read_bytes()[:-10])  # damaged on disk...
@@ -333,7 +333,7 @@ def test_metrics_add_up_across_workers(served, tmp_path, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     (tmp_path / "metrics").mkdir()
     bodies = as_json_records(served["test"].head(60), served["columns"])
-    with ServerProcess(served["root"], ServeConfig(workers=2, log_dir=None, reload_s=0)) as server:
+    with ServerProcess(served["root"], ServeConfig(workers=2, log=False, reload_s=0)) as server:
         responses = asyncio.run(_post_all(server.url, bodies))
         metrics = httpx.get(f"{server.url}/metrics").text
     assert all(r.status_code == 200 for r in responses)
