@@ -150,7 +150,7 @@ def _datetime_part(value: dt.datetime | None, part: str) -> float:
         return value.hour
     return value.timetuple().tm_yday  # day_of_year
 
-
+# %% ../nbs/04_deploy.ipynb #cfc51ae1
 class RecordEncoder:
     "Validated records (dicts) → the model's `Features`: the numbers `FeaturePipeline.transform` gives, without pandas."
 
@@ -221,7 +221,7 @@ class RecordEncoder:
         "Answers for validated records, through the predictor's own `scores` and `decide`."
         return self.predictor.decide(self.predictor.scores(self(records)))
 
-# %% ../nbs/04_deploy.ipynb #c5891c29
+# %% ../nbs/04_deploy.ipynb #5e80ca17
 TOKEN_ENV = "MLLIFECYCLE_TOKEN"  # when set, every route but /health needs `Authorization: Bearer <token>`
 
 
@@ -267,7 +267,7 @@ class ServeConfig:
             raise ParamError(f"max_queue ({self.max_queue}) must hold at least one full request "
                              f"(max_records {self.max_records})")
 
-# %% ../nbs/04_deploy.ipynb #2f0fd74a
+# %% ../nbs/04_deploy.ipynb #e96bc988
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -316,7 +316,7 @@ class ServeMetrics:
             return generate_latest(merged)
         return generate_latest(self.registry)
 
-# %% ../nbs/04_deploy.ipynb #7fdc79f9
+# %% ../nbs/04_deploy.ipynb #8555181d
 def example_record(predictor: Predictor) -> dict:
     "A plausible record from the schema: each numeric column's minimum, each categorical's commonest value."
     record = {}
@@ -367,7 +367,7 @@ def load_served(registry: RegistryReader,  # where the versions are
         raise DataError(f"version {version}: the record path and Predictor.predict disagree on an example record")
     return ServedModel(predictor, encoder, str(ref))
 
-# %% ../nbs/04_deploy.ipynb #80e68864
+# %% ../nbs/04_deploy.ipynb #514e9863
 class Overloaded(MLLifecycleError):
     "The queue is full: the request is refused (503) rather than queued."
 
@@ -397,7 +397,7 @@ def answer_body(answers: Predictions, start: int, stop: int, request_id: str, ve
         body = {"request_id": request_id, "model_version": version, **rows[0]}
     return orjson.dumps(body)
 
-# %% ../nbs/04_deploy.ipynb #448f5585
+# %% ../nbs/04_deploy.ipynb #35c6994d
 class Batcher:
     "Queue requests and score them in batches on one model thread; refuse work beyond `max_queue` records."
 
@@ -472,7 +472,7 @@ class Batcher:
             self._task.cancel()
         self._executor.shutdown(wait=True)
 
-# %% ../nbs/04_deploy.ipynb #53200bbc
+# %% ../nbs/04_deploy.ipynb #5083097c
 @dataclass
 class LoggedBatch:
     "One scored batch, as the prediction log keeps it until its buffer is written: its inputs as columns."
@@ -532,7 +532,7 @@ def logged_table(schema: "pa.Schema", batches: list[LoggedBatch]) -> "pa.Table":
                      [b.version for b, n in zip(batches, sizes) for _ in range(n)],
                      np.repeat([b.latency_ms for b in batches], sizes), shadow)
 
-# %% ../nbs/04_deploy.ipynb #02925b8c
+# %% ../nbs/04_deploy.ipynb #48014337
 def _resolve(jobs: list[_Job], bodies: list[bytes | Exception]):
     for job, body in zip(jobs, bodies):
         if job.future.done():
@@ -618,7 +618,7 @@ class Scorer:
         if self._shadow_executor is not None:
             self._shadow_executor.shutdown(wait=True)
 
-# %% ../nbs/04_deploy.ipynb #7fd16859
+# %% ../nbs/04_deploy.ipynb #2107ceee
 class _Guard:
     "ASGI middleware: bearer token on every route but /health, a body-size limit, per-route metrics, and /predict."
 
@@ -675,7 +675,7 @@ async def _send_answer(send, status: int, content: bytes, headers: list):
                             *headers]})
     await send({"type": "http.response.body", "body": content})
 
-# %% ../nbs/04_deploy.ipynb #bdf1e228
+# %% ../nbs/04_deploy.ipynb #3c018aa4
 def limit_threads(threads: int):
     "Pin the math libraries (OpenMP/BLAS through threadpoolctl, and torch) to `threads` threads in this process."
     from threadpoolctl import threadpool_limits
@@ -703,7 +703,7 @@ async def _read_body(receive: Callable, limit: int) -> bytes:
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-# %% ../nbs/04_deploy.ipynb #41e50562
+# %% ../nbs/04_deploy.ipynb #6cc138b7
 class ServerState:
     "Everything a running server holds: settings, request parser, served model(s), batcher, log and metrics."
 
@@ -767,7 +767,7 @@ class ServerState:
                                                             "version": self.shadow.version},
                 "loaded_at": dt.datetime.fromtimestamp(self.model.loaded_at, dt.timezone.utc).isoformat()}
 
-# %% ../nbs/04_deploy.ipynb #8550c8e6
+# %% ../nbs/04_deploy.ipynb #7a358095
 def load_checked(state: ServerState, version: int) -> ServedModel:
     "Load and check a version for a running server: verified, smoke-tested, and a model of the same data."
     new = load_served(state.registry, version, state.parser, state.config.device)
@@ -811,7 +811,7 @@ async def watch_alias(state: ServerState):
         if state.shadow is not None:
             await reload_alias(state, "shadow", state.config.shadow)
 
-# %% ../nbs/04_deploy.ipynb #20d41848
+# %% ../nbs/04_deploy.ipynb #7cb2bb55
 ROUTES = ("/predict", "/health", "/ready", "/metadata", "/metrics", "/docs", "/openapi.json")
 
 
@@ -863,7 +863,7 @@ def predict_route(state: "ServerState") -> Callable:
 
     return predict
 
-# %% ../nbs/04_deploy.ipynb #02107e58
+# %% ../nbs/04_deploy.ipynb #be031e66
 def add_info_routes(app, state: "ServerState"):
     "`/health`, `/ready`, `/metadata` and `/metrics`."
     from fastapi.responses import Response
@@ -903,7 +903,7 @@ def _openapi(app, records: dict) -> dict:
         app.openapi_schema = schema
     return app.openapi_schema
 
-# %% ../nbs/04_deploy.ipynb #cf51a8c7
+# %% ../nbs/04_deploy.ipynb #31de8a0d
 def create_app(config: ServeConfig,  # the server's settings
                registry_dir: str | Path,  # the registry to serve from
                token: str | None = None,  # bearer token (None: read MLLIFECYCLE_TOKEN; empty: none)
@@ -942,7 +942,7 @@ def create_app(config: ServeConfig,  # the server's settings
                        routes=set(ROUTES), predict=partial(answer_predict, state))
     return app
 
-# %% ../nbs/04_deploy.ipynb #f8df94e6
+# %% ../nbs/04_deploy.ipynb #ea7d4752
 SETTINGS_ENV = "MLLIFECYCLE_SERVE_SETTINGS"  # how `serve` hands its settings to worker processes
 
 
@@ -978,7 +978,7 @@ def serve(config: ServeConfig,  # the server's settings
     os.environ[SETTINGS_ENV] = json.dumps({"config": asdict(config), "registry_dir": str(registry.root)})
     uvicorn.run("mllifecycle.serve:app_from_env", factory=True, workers=config.workers, **options)
 
-# %% ../nbs/04_deploy.ipynb #fc41cbce
+# %% ../nbs/04_deploy.ipynb #6350cb42
 def free_port() -> int:
     "A TCP port on 127.0.0.1 that is free now."
     with socket.socket() as s:
@@ -996,7 +996,7 @@ def serve_arguments(config: ServeConfig) -> list[str]:
             arguments += [f"--{name.replace('_', '-')}", value if isinstance(value, str) else json.dumps(value)]
     return arguments
 
-# %% ../nbs/04_deploy.ipynb #15baef15
+# %% ../nbs/04_deploy.ipynb #127cc432
 class ServerProcess:
     "`mllifecycle serve` in a child process on a free loopback port, stopped with SIGTERM on exit."
 
@@ -1057,7 +1057,7 @@ class ServerProcess:
     def __exit__(self, *exc):
         self.stop()
 
-# %% ../nbs/04_deploy.ipynb #39b74c39
+# %% ../nbs/04_deploy.ipynb #a8ff53c4
 @dataclass
 class DeployParams(ServeConfig):
     "Parameters of the deploy stage: the server's settings plus the test traffic (the notebook's `parameters` cell)."
@@ -1087,7 +1087,7 @@ class DeployStageResult:
     latencies_ms: np.ndarray  # every request's latency, as the client saw it
     metrics_text: str  # /metrics after the traffic
 
-# %% ../nbs/04_deploy.ipynb #c1fc44f8
+# %% ../nbs/04_deploy.ipynb #c044f6d9
 def deployed_version(run, registry: RegistryReader, alias: str = "champion") -> tuple[int, str]:
     "The version the stage serves and why: the alias's, unless it is a model of other data than the run's."
     from mllifecycle.data import Schema
@@ -1129,7 +1129,7 @@ def request_plan(frame: pd.DataFrame,  # rows to send (raw columns)
         plan.append((picked, json.dumps(body).encode()))
     return plan
 
-# %% ../nbs/04_deploy.ipynb #633886b0
+# %% ../nbs/04_deploy.ipynb #1206d542
 def send_requests(url: str, plan: list[tuple[list[int], bytes]], concurrency: int = 16,
                   headers: dict | None = None) -> tuple[list[tuple[int, dict]], np.ndarray, float]:
     "POST each body of `plan` to `url`/predict from `concurrency` threads: (status, answer) each, latencies, seconds."
@@ -1174,7 +1174,7 @@ def check_answers(predictor: Predictor, frame: pd.DataFrame, plan: list, results
             checked += 1
     return checked
 
-# %% ../nbs/04_deploy.ipynb #01eac1d0
+# %% ../nbs/04_deploy.ipynb #cc762a40
 def bad_requests(record: dict) -> dict[str, tuple[bytes, str]]:
     "A few malformed requests built from a good record: name → (body, content type)."
     import json
@@ -1187,7 +1187,7 @@ def bad_requests(record: dict) -> dict[str, tuple[bytes, str]]:
             "empty list": (b"[]", "application/json"),
             "not JSON": (b"a=1", "text/plain")}
 
-# %% ../nbs/04_deploy.ipynb #035b8ae5
+# %% ../nbs/04_deploy.ipynb #7f1d5cd5
 def latency_summary(latencies_ms: np.ndarray, seconds: float, records: int) -> dict:
     "Percentiles of request latency, requests and records per second."
     p50, p95, p99 = np.percentile(latencies_ms, [50, 95, 99]) if len(latencies_ms) else (np.nan,) * 3
@@ -1212,7 +1212,7 @@ def plot_latency(latencies_ms: np.ndarray, title: str = "request latency"):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/04_deploy.ipynb #0656cded
+# %% ../nbs/04_deploy.ipynb #4f3131bc
 def _replay(run, predictor: Predictor, params: DeployParams) -> dict | None:
     "Batch inference on the stream split into deploy/predictions.parquet, timestamped with the rows' event times."
     if not run.exists("data/stream.parquet") or pq.ParquetFile(run.file("data/stream.parquet")).metadata.num_rows == 0:
@@ -1266,7 +1266,7 @@ def json_record(plan: list) -> dict:
 
     return next(json.loads(body) for rows, body in plan if body.lstrip()[:1] == b"{")
 
-# %% ../nbs/04_deploy.ipynb #4339486d
+# %% ../nbs/04_deploy.ipynb #0a2b4769
 def _validate_quickly(run, seed: int):
     "Run a quick validation stage (one scikit-learn candidate, no cross-validation) so the stage can run alone."
     from mllifecycle.validate import ValidateParams, validate_stage
