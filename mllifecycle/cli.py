@@ -22,7 +22,8 @@ from .pipeline import (
 # %% auto #0
 __all__ = ['COMMANDS', 'GROUPS', 'Command', 'command', 'given_params', 'run_command', 'params_command', 'train_command',
            'open_registry', 'registry_list_command', 'registry_promote_command', 'registry_rollback_command',
-           'dataclass_options', 'given_config', 'serve_command', 'predict_command', 'build_parser', 'main']
+           'dataclass_options', 'given_config', 'serve_command', 'predict_command', 'monitor_command', 'build_parser',
+           'main']
 
 # %% ../nbs/07_cli.ipynb #de331afb
 @dataclass
@@ -254,6 +255,46 @@ def predict_command(args: argparse.Namespace) -> int:
                         time_column=args.time_column, progress=not args.no_progress, workers=args.workers)
     print(f"{done['rows']:,} rows → {done['output']} (version {done['model_version']}, "
           f"{done['rows_per_s']:,.0f} rows/s)")
+    return 0
+
+# %% ../nbs/07_cli.ipynb #ab2d6284
+def _monitor_options(parser: argparse.ArgumentParser):
+    from mllifecycle.monitor import MonitorParams
+
+    _registry_options(parser)
+    parser.add_argument("--log", required=True, help="the prediction log: a server's folder of parts, or a batch job's "
+                                                     "Parquet file (written with --inputs)")
+    parser.add_argument("--labels", help="labels: the log's key columns (or request_id and row, or row) and the "
+                                         "target; for a batch job's log, the scored file itself")
+    parser.add_argument("--reference", help="the run whose data trained the served version (default: the run that "
+                                            "registered it)")
+    parser.add_argument("--retrain", action="store_true", help="on an alert, retrain and promote past the margin in "
+                                                               "this registry; roll back a promotion that serves worse")
+    parser.add_argument("--out", help="the folder monitoring/ is written to (default: RUNS_ROOT/monitor-<id>)")
+    dataclass_options(parser, MonitorParams, skip=("run_dir", "registry_dir", "log_path", "labels_path", "retrain"))
+
+
+@command("monitor", "monitor a served model's prediction log: drift, estimated and realised performance, alerts "
+                    "(--retrain: retrain, promote, roll back)", _monitor_options)
+def monitor_command(args: argparse.Namespace) -> int:
+    "Monitor a log; print its windows, alerts and decisions, and where they were written."
+    from mllifecycle.monitor import MonitorParams, monitor_log
+
+    registry = open_registry(args)
+    params = given_config(MonitorParams, args, registry_dir=str(registry.root), log_path=args.log,
+                          labels_path=args.labels, retrain=args.retrain)
+    out = Path(args.out) if args.out else Path(args.runs_root) / f"monitor-{new_run_id()}"
+    run, result = monitor_log(params, args.reference, out)
+    windows = result.windows
+    print(f"{len(windows)} windows of {params.window} from {windows['start'].min():%Y-%m-%d} to "
+          f"{windows['end'].max():%Y-%m-%d}: {int(windows['rows'].sum()):,} answers, "
+          f"{int(windows.get('labelled', windows['rows'] * 0).sum()):,} labelled")
+    for alert in result.alerts:
+        print(f"alert: window {alert['window']} ({alert['start']:%Y-%m-%d}) {alert['signal']}: {alert['statistic']} "
+              f"{alert['value']:.4g} (threshold {alert['threshold']:.4g})")
+    for decision in result.decisions:
+        print(f"{decision.get('action')}: {decision.get('reason') or decision.get('error')}")
+    print(f"written to {run.file('monitoring')}")
     return 0
 
 # %% ../nbs/07_cli.ipynb #c632bea3

@@ -123,7 +123,8 @@ def load_params_file(path: str | Path) -> dict[str, Any]:
 
 # %% ../nbs/06_pipeline.ipynb #b9d20e9f
 STAGE_PARAMS = {"data": "mllifecycle.data:DataConfig", "train": "mllifecycle.train:TrainParams",
-                "validate": "mllifecycle.validate:ValidateParams", "deploy": "mllifecycle.serve:DeployParams"}  # stage → the class that defines its parameters
+                "validate": "mllifecycle.validate:ValidateParams", "deploy": "mllifecycle.serve:DeployParams",
+                "monitor": "mllifecycle.monitor:MonitorParams"}  # stage → the class that defines its parameters
 
 
 def stage_params_class(name: str) -> type | None:
@@ -167,7 +168,7 @@ def resolve_params(params: dict[str, Any],  # the user's parameters
         raise ParamError("give the run directory with --run-dir, not as a parameter")
     if "registry_dir" in declared and params.get("registry_dir") is None:
         params["registry_dir"] = str(default_registry(runs_root))
-    for key in ("data_path", "schema_path", "registry_dir"):  # relative to where the user ran the command
+    for key in ("data_path", "schema_path", "registry_dir", "log_path", "labels_path"):  # relative to where the user ran the command
         if isinstance(params.get(key), str) and "://" not in params[key]:
             params[key] = str(Path(params[key]).expanduser().resolve())
     for stage in stages:

@@ -1302,6 +1302,7 @@ def deploy_stage(params: DeployParams | None = None) -> DeployStageResult:
                **latency_summary(latencies, seconds, answered), "answers_checked": checked,
                "bad_requests": refused, "logged_records": logged, "exit_status": status, "replay": replay}
     run.write_json("deploy/serving.json", serving)
+    run.write_artifact("deploy/metrics.prom", lambda p: p.write_text(metrics_text, encoding="utf-8"))  # for monitoring
     from mllifecycle.core import save_figure
 
     save_figure(run, "deploy/plots/latency.png", plot_latency(latencies, f"version {version}: {len(latencies)} "

@@ -10,6 +10,7 @@ from conftest import artifact_files
 
 from mllifecycle.core import Run, parameter_defaults, to_jsonable
 from mllifecycle.data import DataConfig
+from mllifecycle.registry import Registry
 from mllifecycle.train import TrainParams
 from mllifecycle.validate import ValidateParams
 
@@ -63,7 +64,17 @@ def test_run_with_no_arguments_prepares_the_flights_data(tmp_path):
     listed = mllifecycle("registry", "list", cwd=tmp_path)
     assert listed.returncode == 0 and "champion" in listed.stdout and winner in listed.stdout
     stages = json.loads((run_dir / "report" / "pipeline.json").read_text())["stages"]
-    assert [s["stage"] for s in stages] == ["data", "train", "validate", "deploy"] and {s["status"] for s in stages} == {"ok"}
+    assert [s["stage"] for s in stages] == ["data", "train", "validate", "deploy", "monitor"]
+    assert {s["status"] for s in stages} == {"ok"}
+    # the monitoring stage replayed the stream week by week, in a registry of its own: the live champion stayed
+    performance = run.read_json("monitoring/performance.json")
+    assert len(performance["windows"]) >= 12 and performance["metric"] == "auroc"
+    assert {"no_retraining", "retraining", "gain_ci"} <= set(performance["headline"])
+    for name in ("drift.json", "alerts.json", "retraining.json", "system.json", "plots/performance.png",
+                 "plots/comparison.png", "plots/drift.png"):
+        run.artifact(f"monitoring/{name}")
+    assert run.read_json("monitoring/system.json")["server"]["requests"] > 0  # the deploy stage's /metrics
+    assert Registry(tmp_path / "runs" / "registry").resolve("champion") == registered["version"]
 
 
 def test_run_on_a_users_csv(tmp_path, synthetic_csv):

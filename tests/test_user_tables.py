@@ -49,6 +49,8 @@ def check_run(tmp_path, csv, kind):
     selection = run.read_json("validation/selection.json")
     assert selection["chosen_on"]["split"] in ("cv", "valid") and selection["reported"]["split"] == "test"
 
+    performance = run.read_json("monitoring/performance.json")  # the monitoring stage ran, or said why it could not
+    assert performance["windows"] or "stream split" in performance["skipped"]
     champion = Registry(tmp_path / "runs" / "registry").load("champion")
     raw = pd.read_csv(csv).head(25)  # the user's own rows, as they are in the file
     out = champion.predict(raw)
