@@ -173,11 +173,12 @@ def numeric_statistics(reference: np.ndarray,  # the reference's sorted non-miss
     gap_cur = ref_at_cur / n - _right_counts(current) / m  # F_ref − F_cur at the window's values
     gap_ref = _right_counts(reference) / n - cur_at_ref / m  # … and at the reference's
     ks = float(max(np.clip(-min(gap_cur.min(), gap_ref.min()), 0, 1), max(gap_cur.max(), gap_ref.max())))
-    values, gaps = np.empty(n + m), np.empty(n + m)  # the merged sample in order (reference first on ties)
-    at_cur = np.arange(m) + ref_at_cur
-    at_ref = np.arange(n) + below_ref
-    values[at_cur], values[at_ref], gaps[at_cur], gaps[at_ref] = current, reference, gap_cur, gap_ref
-    wasserstein = float(np.dot(np.abs(gaps[:-1]), np.diff(values)))
+    # Wasserstein: each value's gap times the distance to the next value of the merged sample, which is the nearer
+    # of its own side's next value and the other side's first value above it (reference first on ties)
+    top = max(current[-1], reference[-1])  # the last value's "next" is itself: a step of length 0
+    after_cur = np.minimum(np.append(current[1:], top), np.append(reference, top)[ref_at_cur])
+    after_ref = np.minimum(np.append(reference[1:], top), np.append(current, top)[below_ref])
+    wasserstein = float(np.dot(np.abs(gap_cur), after_cur - current) + np.dot(np.abs(gap_ref), after_ref - reference))
     if max(n, m) <= KS_EXACT_MAX:
         ks_p = float(ks_2samp(reference, current).pvalue)
     else:
