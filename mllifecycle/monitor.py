@@ -927,13 +927,24 @@ def cumulative_metric(predictor: Predictor, metric: str, target: np.ndarray, sco
 
 
 def headline(predictor: Predictor, result: MonitorResult, n_bootstrap: int = 500, seed: int = 0) -> dict:
-    "No retraining against automated retraining on every labelled row of the log: both metrics and the paired difference."
+    "No retraining against automated retraining: per window where a retrained model served, and pooled over every row."
     from mllifecycle.train import METRICS
     from mllifecycle.validate import _per_row, paired_bootstrap, point_metric
 
     metric, known = result.reference.metric, ~np.isnan(result.target)
     if known.sum() < 2:
         return {"metric": metric, "rows": int(known.sum()), "skipped": "fewer than two labelled rows"}
+    sign = 1 if METRICS[metric] == "maximize" else -1
+    # per window: the windows a retrained model answered, each model judged on its own week (the verdict)
+    w = result.windows.dropna(subset=["metric_served", "metric_no_retraining"]) \
+        if "metric_served" in result.windows else pd.DataFrame(columns=["metric_served", "metric_no_retraining", "version"])
+    w = w[w["version"] != predictor.version]
+    gains = (sign * (w["metric_served"] - w["metric_no_retraining"])).to_numpy(float)
+    means = np.random.default_rng(seed).choice(gains, (n_bootstrap, len(gains))).mean(axis=1) if len(gains) else []
+    ci = np.quantile(means, [0.025, 0.975]).tolist() if len(gains) > 1 else [np.nan, np.nan]
+    verdict = ("no retrained model served a window" if not len(gains) else "helped" if ci[0] > 0
+               else "hurt" if ci[1] < 0 else "made no clear difference")
+    # pooled: every labelled row at once (for AUROC this also ranks rows answered by different models together)
     y = result.target[known] if predictor.kind == "regression" else result.target[known].astype("int64")
     per_row = {name: _per_row(metric, predictor.kind, y, scores[known], predictor.threshold)
                for name, scores in (("no_retraining", result.scores_logged), ("retraining", result.scores_served))}
@@ -941,22 +952,16 @@ def headline(predictor: Predictor, result: MonitorResult, n_bootstrap: int = 500
         per_row = {"no_retraining": (result.decided_logged[known] == y).astype("float64"),
                    "retraining": (result.decided_served[known] == y).astype("float64")}
     values = {k: point_metric(metric, y, v) for k, v in per_row.items()}
-    sign = 1 if METRICS[metric] == "maximize" else -1
     boots = paired_bootstrap(metric, y, per_row, n_bootstrap, seed)
     low, high = np.nanquantile(sign * (boots["retraining"] - boots["no_retraining"]), [0.025, 0.975])
-    promoted = [d for d in result.decisions if d.get("action") == "promoted"]
-    w = result.windows.dropna(subset=["metric_served", "metric_no_retraining"]) \
-        if "metric_served" in result.windows else pd.DataFrame(columns=["metric_served", "metric_no_retraining"])
-    differs = sign * (w["metric_served"] - w["metric_no_retraining"])
-    return {"metric": metric, "rows": int(known.sum()), "no_retraining": values["no_retraining"],
-            "per_window_no_retraining": float(w["metric_no_retraining"].mean()),
-            "per_window_retraining": float(w["metric_served"].mean()),
-            "windows_better": int((differs > 0).sum()), "windows_worse": int((differs < 0).sum()),
-            "retraining": values["retraining"], "gain": sign * (values["retraining"] - values["no_retraining"]),
-            "gain_ci": [float(low), float(high)], "retrainings": sum(d.get("action") not in (None, "rolled back",
-                                                                                         "kept the promotion")
-                                                                     for d in result.decisions),
-            "promotions": len(promoted), "rollbacks": sum(d.get("action") == "rolled back" for d in result.decisions)}
+    actions = [d.get("action") for d in result.decisions]
+    return {"metric": metric, "verdict": verdict, "windows_retrained": int(len(gains)),
+            "windows_better": int((gains > 0).sum()), "windows_worse": int((gains < 0).sum()),
+            "window_gain": float(gains.mean()) if len(gains) else np.nan, "window_gain_ci": ci,
+            "rows": int(known.sum()), "no_retraining": values["no_retraining"], "retraining": values["retraining"],
+            "gain": sign * (values["retraining"] - values["no_retraining"]), "gain_ci": [float(low), float(high)],
+            "retrainings": sum(a in ("promoted", "kept the champion", "failed") for a in actions),
+            "promotions": actions.count("promoted"), "rollbacks": actions.count("rolled back")}
 
 # %% ../nbs/05_monitor.ipynb #57fd07bc
 def write_monitoring(run: Run, result: MonitorResult, predictor: Predictor, params: MonitorParams,
@@ -1019,7 +1024,7 @@ def rollback_from_log(registry: Registry, monitored: Monitored, params: MonitorP
     return rollback_if_worse(registry, monitored.predictor, registry.load(promotions[-1]["previous"]), rows, metric,
                              params.promote_margin, params.n_bootstrap, params.seed)
 
-
+# %% ../nbs/05_monitor.ipynb #f3fc40bc
 def monitor_log(params: MonitorParams,  # registry_dir, log_path and labels_path name the inputs
                 reference_dir: str | Path | None = None,  # the run whose data trained the served version
                 run_dir: str | Path | None = None,  # where monitoring/ is written (None: a fresh temporary run)
@@ -1064,7 +1069,7 @@ def monitor_log(params: MonitorParams,  # registry_dir, log_path and labels_path
                                               "server": server, "process": process_memory()})
     return run, result
 
-# %% ../nbs/05_monitor.ipynb #a1f28500
+# %% ../nbs/05_monitor.ipynb #05adfd5e
 DETECTORS = ("data drift: KS/chi² + BH", "data drift: Wasserstein/JS", "data drift: PSI ≥ 0.25",
              "prediction drift: KS", "label drift: chi²", "performance: AUROC", "CBPE estimate", "ADWIN on errors")
 
@@ -1092,7 +1097,7 @@ def detector_breaches(model: Predictor, reference: ModelReference, reference_lab
             DETECTORS[6]: cbpe(model, "auroc", scores, reference.calibration) < reference.estimate - tolerance,
             DETECTORS[7]: any(c["error_after"] > c["error_before"] for c in found)}
 
-
+# %% ../nbs/05_monitor.ipynb #d5fb38ea
 def detector_study(kinds=("none", "covariate", "prior", "concept"),  # injected drifts ("none": no drift at all)
                    widths=(0.0, 0.3),  # 0: abrupt; else the share of the data over which the drift ramps in
                    n_rows: int = 20_000,  # rows per scenario: 20% train, 10% reference, the rest in windows
@@ -1149,7 +1154,7 @@ def _study_model(train: pd.DataFrame, seed: int) -> Predictor:
     return Predictor(name="study", family="sklearn", kind="binary", classes=pipeline.classes_, schema=schema,
                      pipeline=pipeline, config={}, scorer=partial(sklearn_scores, estimator, "binary"))
 
-# %% ../nbs/05_monitor.ipynb #4749fc11
+# %% ../nbs/05_monitor.ipynb #e5514077
 def stage_model(run: Run, params: MonitorParams) -> tuple[RegistryReader, Predictor, str]:
     "The registry, the model the deploy stage served (checked to be a model of this run's data) and its primary metric."
     from mllifecycle.train import TASK_METRICS
@@ -1196,7 +1201,7 @@ def stage_labels(run: Run, log: pd.DataFrame, target: str, labels_path: str | No
         raise MonitorError("the log's rows do not match the run's stream split: give the labels with labels_path")
     return pd.Series(stream[target].to_numpy()[rows], index=log.index, dtype=object)
 
-# %% ../nbs/05_monitor.ipynb #f89145af
+# %% ../nbs/05_monitor.ipynb #e132c9ba
 @dataclass
 class MonitorStageResult:
     "What the monitoring stage produced."
