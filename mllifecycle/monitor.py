@@ -78,7 +78,8 @@ def system_metrics(log: pd.DataFrame,  # a prediction log
     for w in log_windows(log["timestamp"], window):
         part = log.iloc[w["rows"]]
         requests = part.groupby("request_id", sort=False)["latency_ms"].agg(["first", "size"])
-        seconds = pd.Timedelta(_offset(window)).total_seconds()
+        span = (part["timestamp"].max() - part["timestamp"].min()).total_seconds() if len(part) > 1 else 0.0
+        seconds = span if span > 0 else pd.Timedelta(_offset(window)).total_seconds()  # the traffic's own span
         p50, p95, p99 = (np.percentile(requests["first"], [50, 95, 99]) if len(requests) else (np.nan,) * 3)
         rows.append({"window": w["window"], "start": w["start"], "rows": len(part), "requests": len(requests),
                      "records_per_s": len(part) / seconds, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
