@@ -27,12 +27,12 @@ __all__ = ['SIGNALS', 'SIGNAL_COLORS', 'DETECTORS', 'MonitorError', 'log_windows
            'fetch_metrics', 'process_memory', 'drift_columns', 'output_values', 'log_scores', 'prediction_frame',
            'encode_labels', 'metric_value', 'answered_values', 'answer_errors', 'adwin_changes_with', 'adwin_changes',
            'fit_calibration', 'cbpe', 'ModelReference', 'model_reference', 'save_reference', 'load_reference',
-           'raise_alerts', 'paired_comparison', 'shadow_comparison', 'retrain_model', 'retrain_and_decide',
-           'rollback_if_worse', 'MonitorParams', 'Monitored', 'join_labels', 'monitored_rows', 'MonitorResult', 'Watch',
-           'monitor_windows', 'plot_drift', 'plot_performance', 'plot_comparison', 'cumulative_metric', 'headline',
-           'write_monitoring', 'reference_run', 'rollback_from_log', 'monitor_log', 'detector_breaches',
-           'detector_study', 'stage_model', 'replay_registry', 'stage_labels', 'MonitorStageResult', 'serving_figures',
-           'monitor_stage']
+           'raise_alerts', 'paired_gain', 'paired_comparison', 'shadow_comparison', 'retrain_model',
+           'retrain_and_decide', 'rollback_if_worse', 'MonitorParams', 'Monitored', 'join_labels', 'monitored_rows',
+           'MonitorResult', 'Watch', 'monitor_windows', 'plot_drift', 'plot_performance', 'plot_comparison',
+           'cumulative_metric', 'headline', 'write_monitoring', 'reference_run', 'rollback_from_log', 'monitor_log',
+           'detector_breaches', 'detector_study', 'stage_model', 'replay_registry', 'stage_labels',
+           'MonitorStageResult', 'serving_figures', 'monitor_stage']
 
 # %% ../nbs/05_monitor.ipynb #8085657e
 class MonitorError(MLLifecycleError):
@@ -356,34 +356,44 @@ def raise_alerts(signals: pd.DataFrame,  # per window and signal: window, start,
                 quiet_until, run_length = row["window"] + cooldown, 0
     return sorted(alerts, key=lambda a: (a["window"], a["signal"]))
 
-# %% ../nbs/05_monitor.ipynb #2372f751
+# %% ../nbs/05_monitor.ipynb #a5bba64b
+def paired_gain(metric: str,  # the metric
+                target: np.ndarray,  # encoded labels of the rows
+                before: np.ndarray, after: np.ndarray,  # each model's per-row quantity (`_per_row`) on those rows
+                n_bootstrap: int = 500, seed: int = 0,
+               ) -> dict:  # before, after, gain (positive: `after` is better) and its 95% interval
+    "Two models on the same rows: each one's metric, and the second's gain with its paired bootstrap interval."
+    from mllifecycle.train import METRICS
+    from mllifecycle.validate import paired_bootstrap, point_metric
+
+    sign = 1 if METRICS[metric] == "maximize" else -1
+    values = {"before": point_metric(metric, target, before), "after": point_metric(metric, target, after)}
+    boots = paired_bootstrap(metric, target, {"before": before, "after": after}, n_bootstrap, seed)
+    low, high = np.nanquantile(sign * (boots["after"] - boots["before"]), [0.025, 0.975])
+    return {**values, "gain": sign * (values["after"] - values["before"]), "gain_ci": [float(low), float(high)]}
+
+
 def paired_comparison(champion: Predictor, challenger: Predictor, rows: pd.DataFrame, metric: str,
                       n_bootstrap: int = 500, seed: int = 0) -> dict:
     "Champion and challenger on the same labelled rows: each one's metric, the challenger's gain, and its bootstrap CI."
-    from mllifecycle.train import METRICS
-    from mllifecycle.validate import _per_row, paired_bootstrap, point_metric
+    from mllifecycle.validate import _per_row
 
     target = encode_labels(champion, rows[champion.schema.target])
     keep = ~np.isnan(target)
     rows, target = rows[keep], target[keep]
     if champion.kind != "regression":
         target = target.astype("int64")
-    per_row = {name: _per_row(metric, model.kind, target, model.scores(model.features(rows)), model.threshold)
-               for name, model in (("champion", champion), ("challenger", challenger))}
-    values = {name: point_metric(metric, target, v) for name, v in per_row.items()}
-    sign = 1 if METRICS[metric] == "maximize" else -1
-    boots = paired_bootstrap(metric, target, per_row, n_bootstrap, seed)
-    low, high = np.nanquantile(sign * (boots["challenger"] - boots["champion"]), [0.025, 0.975])
-    return {"rows": int(len(rows)), "metric": metric, "champion": values["champion"],
-            "challenger": values["challenger"], "gain": sign * (values["challenger"] - values["champion"]),
-            "gain_ci": [float(low), float(high)]}
+    champion_rows, challenger_rows = (_per_row(metric, m.kind, target, m.scores(m.features(rows)), m.threshold)
+                                      for m in (champion, challenger))
+    found = paired_gain(metric, target, champion_rows, challenger_rows, n_bootstrap, seed)
+    return {"rows": int(len(rows)), "metric": metric, "champion": found["before"], "challenger": found["after"],
+            "gain": found["gain"], "gain_ci": found["gain_ci"]}
 
 
 def shadow_comparison(log: pd.DataFrame, target: np.ndarray, predictor: Predictor, metric: str,
                       n_bootstrap: int = 500, seed: int = 0) -> dict | None:
     "The served model against the shadow it ran beside, on the logged rows whose labels are known (None without a shadow)."
-    from mllifecycle.train import METRICS
-    from mllifecycle.validate import _per_row, paired_bootstrap, point_metric
+    from mllifecycle.validate import _per_row
 
     if "shadow_version" not in log or predictor.kind != "binary":
         return None
@@ -392,16 +402,11 @@ def shadow_comparison(log: pd.DataFrame, target: np.ndarray, predictor: Predicto
     if keep.sum() < 2 or len(np.unique(target[keep])) < 2:
         return None
     y = target[keep].astype("int64")
-    per_row = {"served": _per_row(metric, "binary", y, log[f"probability_{predictor.classes[1]}"].to_numpy()[keep],
-                                  predictor.threshold),
-               "shadow": _per_row(metric, "binary", y, log[shadow].to_numpy()[keep], predictor.threshold)}
-    values = {k: point_metric(metric, y, v) for k, v in per_row.items()}
-    sign = 1 if METRICS[metric] == "maximize" else -1
-    boots = paired_bootstrap(metric, y, per_row, n_bootstrap, seed)
-    low, high = np.nanquantile(sign * (boots["shadow"] - boots["served"]), [0.025, 0.975])
+    served, shadowed = (_per_row(metric, "binary", y, log[column].to_numpy()[keep], predictor.threshold)
+                        for column in (f"probability_{predictor.classes[1]}", shadow))
+    found = paired_gain(metric, y, served, shadowed, n_bootstrap, seed)
     return {"rows": int(keep.sum()), "shadow_version": int(log.loc[keep, "shadow_version"].iloc[-1]),
-            "served": values["served"], "shadow": values["shadow"],
-            "gain": sign * (values["shadow"] - values["served"]), "gain_ci": [float(low), float(high)]}
+            "served": found["before"], "shadow": found["after"], "gain": found["gain"], "gain_ci": found["gain_ci"]}
 
 # %% ../nbs/05_monitor.ipynb #d7cad89d
 def retrain_model(champion: Predictor,  # the model to replace: its family, hyperparameters and feature pipeline
@@ -930,7 +935,7 @@ def cumulative_metric(predictor: Predictor, metric: str, target: np.ndarray, sco
 def headline(predictor: Predictor, result: MonitorResult, n_bootstrap: int = 500, seed: int = 0) -> dict:
     "No retraining against automated retraining: per window where a retrained model served, and pooled over every row."
     from mllifecycle.train import METRICS
-    from mllifecycle.validate import _per_row, paired_bootstrap, point_metric
+    from mllifecycle.validate import _per_row
 
     metric, known = result.reference.metric, ~np.isnan(result.target)
     if known.sum() < 2:
@@ -952,15 +957,13 @@ def headline(predictor: Predictor, result: MonitorResult, n_bootstrap: int = 500
     if metric == "accuracy":  # each row decided by the model that answered it, at that model's threshold
         per_row = {"no_retraining": (result.decided_logged[known] == y).astype("float64"),
                    "retraining": (result.decided_served[known] == y).astype("float64")}
-    values = {k: point_metric(metric, y, v) for k, v in per_row.items()}
-    boots = paired_bootstrap(metric, y, per_row, n_bootstrap, seed)
-    low, high = np.nanquantile(sign * (boots["retraining"] - boots["no_retraining"]), [0.025, 0.975])
+    pooled = paired_gain(metric, y, per_row["no_retraining"], per_row["retraining"], n_bootstrap, seed)
     actions = [d.get("action") for d in result.decisions]
     return {"metric": metric, "verdict": verdict, "windows_retrained": int(len(gains)),
             "windows_better": int((gains > 0).sum()), "windows_worse": int((gains < 0).sum()),
             "window_gain": float(gains.mean()) if len(gains) else np.nan, "window_gain_ci": ci,
-            "rows": int(known.sum()), "no_retraining": values["no_retraining"], "retraining": values["retraining"],
-            "gain": sign * (values["retraining"] - values["no_retraining"]), "gain_ci": [float(low), float(high)],
+            "rows": int(known.sum()), "no_retraining": pooled["before"], "retraining": pooled["after"],
+            "gain": pooled["gain"], "gain_ci": pooled["gain_ci"],
             "retrainings": sum(a in ("promoted", "kept the champion", "failed") for a in actions),
             "promotions": actions.count("promoted"), "rollbacks": actions.count("rolled back")}
 
