@@ -24,15 +24,15 @@ from .registry import Predictor, Registry, RegistryReader, other_data
 
 # %% auto #0
 __all__ = ['SIGNALS', 'SIGNAL_COLORS', 'DETECTORS', 'MonitorError', 'log_windows', 'system_metrics', 'server_figures',
-           'fetch_metrics', 'process_memory', 'drift_columns', 'output_values', 'log_scores', 'prediction_frame',
-           'encode_labels', 'metric_value', 'answered_values', 'answer_errors', 'adwin_changes_with', 'adwin_changes',
-           'fit_calibration', 'cbpe', 'ModelReference', 'model_reference', 'save_reference', 'load_reference',
-           'raise_alerts', 'paired_gain', 'paired_comparison', 'shadow_comparison', 'retrain_model',
-           'retrain_and_decide', 'rollback_if_worse', 'MonitorParams', 'Monitored', 'join_labels', 'monitored_rows',
-           'MonitorResult', 'Watch', 'monitor_windows', 'plot_drift', 'plot_performance', 'plot_comparison',
-           'cumulative_metric', 'headline', 'write_monitoring', 'reference_run', 'rollback_from_log', 'monitor_log',
-           'detector_breaches', 'detector_study', 'stage_model', 'replay_registry', 'stage_labels',
-           'MonitorStageResult', 'serving_figures', 'monitor_stage']
+           'fetch_metrics', 'process_memory', 'drift_columns', 'output_values', 'log_scores', 'encode_labels',
+           'metric_value', 'answered_values', 'answer_errors', 'adwin_changes_with', 'adwin_changes', 'fit_calibration',
+           'cbpe', 'ModelReference', 'model_reference', 'save_reference', 'load_reference', 'raise_alerts',
+           'paired_gain', 'paired_comparison', 'shadow_comparison', 'retrain_model', 'retrain_and_decide',
+           'rollback_if_worse', 'MonitorParams', 'Monitored', 'join_labels', 'monitored_rows', 'MonitorResult', 'Watch',
+           'monitor_windows', 'plot_drift', 'plot_performance', 'plot_comparison', 'cumulative_metric', 'headline',
+           'write_monitoring', 'reference_run', 'rollback_from_log', 'monitor_log', 'detector_breaches',
+           'detector_study', 'stage_model', 'replay_registry', 'stage_labels', 'MonitorStageResult', 'serving_figures',
+           'monitor_stage']
 
 # %% ../nbs/05_monitor.ipynb #8085657e
 class MonitorError(MLLifecycleError):
@@ -184,16 +184,6 @@ def log_scores(predictor: Predictor, log: pd.DataFrame) -> np.ndarray:
         return log[[f"probability_{c}" for c in predictor.classes]].to_numpy("float64")
     return log["prediction"].to_numpy("float64")
 
-
-def prediction_frame(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
-    "Score raw rows and lay the answers out as a log does (`prediction`, `probability_<class>`)."
-    answers = predictor.predict(frame)
-    out = pd.DataFrame({"prediction": answers.predictions}, index=frame.index)
-    if answers.probabilities is not None:
-        for j, c in enumerate(answers.classes):
-            out[f"probability_{c}"] = answers.probabilities[:, j]
-    return out
-
 # %% ../nbs/05_monitor.ipynb #6234a0a7
 def encode_labels(predictor: Predictor, labels: pd.Series) -> np.ndarray:
     "Labels as the model's target codes: class positions (classification) or floats; NaN where unknown."
@@ -315,10 +305,7 @@ def model_reference(predictor: Predictor,  # the monitored model
               "task": predictor.schema.task, "rows": len(train)}
     inputs = reference_profile(train[columns], columns, thresholds, source)
     scores = predictor.scores(predictor.features(valid))
-    answers = predictor.decide(scores)
-    answered = pd.DataFrame({"prediction": answers.predictions})
-    for j, c in enumerate(answers.classes or []):
-        answered[f"probability_{c}"] = answers.probabilities[:, j]
+    answered = predictor.decide(scores).to_frame()  # laid out as a log lays them out
     outputs = reference_profile(output_values(predictor, answered).to_frame(), thresholds=thresholds, source=source)
     target = encode_labels(predictor, valid[predictor.schema.target])
     known = ~np.isnan(target)
@@ -708,7 +695,8 @@ class Watch:
 def measure(self: Watch, w: dict):
     "A window's figures without labels: data drift, prediction drift, the CBPE estimate (and latency); its signals."
     rows, params, model, metric = w["rows"], self.params, self.model, self.metric
-    entry = {"window": w["window"], "start": w["start"], "end": w["end"], "rows": len(rows), "version": model.version}
+    entry = {"window": w["window"], "start": w["start"], "end": w["end"], "rows": len(rows), "version": model.version,
+             "retrained": model is not self.first_model}  # versions of a replay are numbered in its own registry
     self.rows.append(entry)
     if len(rows) < params.min_rows:
         entry["skipped"] = f"{len(rows)} rows: fewer than min_rows={params.min_rows}"
@@ -718,10 +706,7 @@ def measure(self: Watch, w: dict):
         self.served[rows] = model.scores(model.features(log_inputs(part)))
         self.decided[rows] = answered_values(model, self.served[rows])
     scores, known = self.served[rows], ~np.isnan(self.target[rows])
-    answered = model.decide(scores)
-    outputs = pd.DataFrame({"prediction": answered.predictions})
-    for j, c in enumerate(answered.classes or []):
-        outputs[f"probability_{c}"] = answered.probabilities[:, j]
+    outputs = model.decide(scores).to_frame()
     table = window_drift(self.model_ref.inputs, log_inputs(part)[self.columns], params.thresholds)
     self.drift.append(table.assign(window=w["window"], start=w["start"]))
     data = dataset_drift(table, params.thresholds)
@@ -943,8 +928,8 @@ def headline(predictor: Predictor, result: MonitorResult, n_bootstrap: int = 500
     sign = 1 if METRICS[metric] == "maximize" else -1
     # per window: the windows a retrained model answered, each model judged on its own week (the verdict)
     w = result.windows.dropna(subset=["metric_served", "metric_no_retraining"]) \
-        if "metric_served" in result.windows else pd.DataFrame(columns=["metric_served", "metric_no_retraining", "version"])
-    w = w[w["version"] != predictor.version]
+        if "metric_served" in result.windows else pd.DataFrame(columns=["metric_served", "metric_no_retraining"])
+    w = w[w["retrained"].astype(bool)] if len(w) else w
     gains = (sign * (w["metric_served"] - w["metric_no_retraining"])).to_numpy(float)
     means = np.random.default_rng(seed).choice(gains, (n_bootstrap, len(gains))).mean(axis=1) if len(gains) else []
     ci = np.quantile(means, [0.025, 0.975]).tolist() if len(gains) > 1 else [np.nan, np.nan]
@@ -1270,7 +1255,7 @@ def monitor_stage(params: MonitorParams | None = None) -> MonitorStageResult:
                                                                  result.windows, stamps)
     best = headline(predictor, result, params.n_bootstrap, params.seed)
     write_monitoring(run, result, predictor, params, {"headline": best, "seconds": time.perf_counter() - started,
-                                                      "skipped": monitored.skipped, "memory": process_memory()})
+                                                      "skipped": monitored.skipped})
     run.write_json("monitoring/system.json", {"serving": system.to_dict("records"), "server": server,
                                               "process": process_memory()})
     if result.windows.get("metric_served", pd.Series(dtype=float)).notna().any():
