@@ -1,5 +1,9 @@
-"Shared fixtures: small real and synthetic datasets written to a temporary folder."
+"Shared fixtures: small real and synthetic datasets written to a temporary folder, and the default run."
 import os
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -65,3 +69,17 @@ def served_registry(tmp_path_factory):
     registry.promote(versions[0])
     registry.promote(versions[1], alias="challenger")
     return {"root": registry.root, "run": run, "prepared": prepared, "versions": versions}
+
+
+def mllifecycle(*args, cwd):
+    "Run the installed console script, as a user would."
+    return subprocess.run([shutil.which("mllifecycle"), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    "`mllifecycle run` with no arguments, as a new user runs it first: its working directory, run directory and output."
+    cwd = tmp_path_factory.mktemp("default")
+    result = mllifecycle("run", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return SimpleNamespace(cwd=cwd, run_dir=Path(result.stdout.strip().splitlines()[-1]), result=result)

@@ -1,23 +1,16 @@
 "The `mllifecycle` command end to end: default run, a user's CSV, and one readable line on every failure."
 import json
-import shutil
-import subprocess
 
 import pandas as pd
 import pytest
 
-from conftest import artifact_files
+from conftest import artifact_files, mllifecycle
 
 from mllifecycle.core import Run, parameter_defaults, to_jsonable
 from mllifecycle.data import DataConfig
 from mllifecycle.registry import Registry
 from mllifecycle.train import TrainParams
 from mllifecycle.validate import ValidateParams
-
-
-def mllifecycle(*args, cwd):
-    "Run the installed console script, as a user would."
-    return subprocess.run([shutil.which("mllifecycle"), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 def assert_one_line_error(result, *fragments):
@@ -29,10 +22,8 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-def test_run_with_no_arguments_prepares_the_flights_data(tmp_path):
-    result = mllifecycle("run", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    run_dir = tmp_path / result.stdout.strip().splitlines()[-1]
+def test_run_with_no_arguments_prepares_the_flights_data(default_run):
+    tmp_path, run_dir = default_run.cwd, default_run.run_dir
     assert run_dir.parent == tmp_path / "runs"
     run = Run(run_dir)
     for name in ("train", "valid", "test", "stream"):
@@ -111,6 +102,14 @@ def test_failing_training_stage_is_one_line_and_keeps_the_data(tmp_path):
     run = Run(tmp_path / "r")
     run.artifact("data/train.parquet")  # the data stage's artifacts are intact
     assert not (tmp_path / "r" / "models").exists()
+    assert "[2/5] train: failed in" in result.stdout and "[3/5]" not in result.stdout  # the run stopped there
+    # the report of what ran: the data stage in full, the training stage marked failed with the cell's error
+    stages = json.loads((tmp_path / "r" / "report" / "pipeline.json").read_text())["stages"]
+    assert [(s["stage"], s["status"]) for s in stages] == [("data", "ok"), ("train", "failed")]
+    page = (tmp_path / "r" / "report" / "report.html").read_text()
+    assert 'id="data"' in page and 'id="stage-data"' in page and 'id="stage-train"' in page
+    assert 'class="badge failed"' in page and "metric &#x27;rmse&#x27; does not apply to binary" in page
+    assert "report.html" in result.stderr  # the one line says where the report is
 
 
 @pytest.mark.parametrize("args, fragments", [

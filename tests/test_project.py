@@ -37,9 +37,22 @@ def test_settings_keep_papermill_tags():
     assert re.search(r"^allowed_cell_metadata_keys\s*=\s*tags", settings, re.M)
 
 
+def test_example_params_file_is_current_and_runs_with_the_defaults():
+    "params.example.yaml is what `mllifecycle params --yaml` prints from the parameters classes, and it loads."
+    from mllifecycle.pipeline import find_stages, load_params_file, params_yaml, resolve_params
+
+    stages = find_stages(ROOT / "nbs")
+    assert (ROOT / "params.example.yaml").read_text(encoding="utf-8") == params_yaml(stages), \
+        "params.example.yaml is stale: run `python tests/test_project.py` to regenerate it"
+    resolve_params(load_params_file(ROOT / "params.example.yaml"), stages)
+
+
 if __name__ == "__main__":
+    from mllifecycle.pipeline import find_stages, params_yaml
+
     (ROOT / "README.md").write_text(readme_from_index(), encoding="utf-8")
-    print("README.md regenerated from nbs/index.ipynb")
+    (ROOT / "params.example.yaml").write_text(params_yaml(find_stages(ROOT / "nbs")), encoding="utf-8")
+    print("README.md and params.example.yaml regenerated from nbs/")
 
 
 def test_stage_jobs_hold_no_library_tests():

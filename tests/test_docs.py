@@ -1,0 +1,118 @@
+"""The docs site: built offline by `mkdocs build`, every stage page and exported function in it, rendered in a browser.
+
+The build executes the notebooks (cached in `_proc/executed/`), so a fresh clone pays for it once."""
+import functools
+import http.server
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["index"] + sorted(re.sub(r"^\d+_", "", p.stem) for p in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    "The site, built from the repository's notebooks with `mkdocs build` into a temporary folder."
+    out = tmp_path_factory.mktemp("site")
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--site-dir", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1500, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
+def exported_names():
+    "Every public function and class each module exports (`__all__`), by module."
+    import inspect
+
+    from mllifecycle._modidx import d
+
+    modules = {module: importlib.import_module(module) for module in d["syms"]}
+    return {name: [n for n in module.__all__ if inspect.isfunction(getattr(module, n)) or inspect.isclass(getattr(module, n))]
+            for name, module in modules.items()}
+
+
+def test_every_notebook_has_a_page_with_its_prose_and_outputs(site):
+    for page in PAGES:
+        assert (site / f"{page}.html").is_file(), page
+    for page in ("data", "train", "validate", "deploy", "monitor", "report"):
+        html = (site / f"{page}.html").read_text(encoding="utf-8")
+        assert 'class="jp-RenderedImage' in html or "data:image/png;base64," in html, f"{page}: no figure"
+        assert "#| export" not in html and "#| hide" not in html and "from fastcore.test import" not in html, page
+    nav = (site / "index.html").read_text(encoding="utf-8")
+    positions = [nav.index(f'href="{page}.html"') for page in ("core", "data", "train", "validate", "deploy", "monitor",
+                                                               "report", "pipeline", "cli")]
+    assert positions == sorted(positions)  # navigation in lifecycle order
+
+
+def test_every_exported_function_has_its_show_doc_and_api_entry(site):
+    api = (site / "api.html").read_text(encoding="utf-8")
+    pages = {re.sub(r"^\d+_", "", p.stem): p for p in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb")}
+    for module, names in exported_names().items():
+        short = module.rsplit(".", 1)[1]
+        page = short if short in pages else next(n for n, p in pages.items() if f"default_exp {short}" in p.read_text())
+        html = (site / f"{page}.html").read_text(encoding="utf-8")
+        for name in names:
+            assert f'id="{module}.{name}"' in api, f"{module}.{name} is not in the API reference"
+            assert re.search(rf"<h[34][^>]*>{re.escape(name)}", html), f"{name} has no show_doc on {page}.html"
+
+
+def test_site_asks_nothing_of_the_network_and_has_a_search_index(site):
+    for page in PAGES + ["api"]:
+        html = (site / f"{page}.html").read_text(encoding="utf-8")
+        fetched = re.findall(r'<(?:script|link|img|iframe|source)\b[^>]*?(?:src|href)="(https?:[^"]*)"', html)
+        assert not fetched, f"{page}.html loads {fetched}"
+        assert "fonts.googleapis.com" not in html
+    index = json.loads((site / "search" / "search_index.json").read_text(encoding="utf-8"))
+    assert {doc["location"].split("#")[0] for doc in index["docs"]} >= {f"{p}.html" for p in PAGES}
+
+
+def chromium() -> str | None:
+    "Debian's Chromium (or $CHROMIUM); None when there is no browser to drive."
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium installed: `apt-get install -y chromium` (Debian) "
+                                                "or set CHROMIUM to a Chromium binary to run the browser test")
+def test_pages_render_in_a_real_browser_with_figures_and_no_errors(site):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"])
+            page = browser.new_page()
+            problems, outside = [], []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((base, "data:")) else None)
+            figures = {}
+            for name in PAGES + ["api"]:
+                page.goto(base + f"{name}.html", wait_until="load")
+                images = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+                assert all(images), f"{name}.html: {images.count(False)} figure(s) did not load"
+                figures[name] = len(images)
+                assert page.title(), name
+            page.goto(base + "index.html", wait_until="load")  # search: the index loads and finds a page
+            page.keyboard.press("/")
+            page.keyboard.type("drift")
+            page.wait_for_selector(".md-search-result__item", timeout=15_000)
+            browser.close()
+    finally:
+        server.shutdown()
+    assert not problems, problems
+    assert not outside, outside
+    assert figures["validate"] >= 5 and figures["monitor"] >= 3, figures
