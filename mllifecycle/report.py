@@ -367,7 +367,10 @@ def report_notebook(run_path: Path, entries: Sequence[dict[str, Any]]):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     for entry in entries:
-        nb.cells.extend(stage_cells(Path(run_path), entry))
+        cells = stage_cells(Path(run_path), entry)
+        for i, cell in enumerate(cells):  # ids unique across the stages' notebooks
+            cell["id"] = f"{entry['stage']}-{i}"
+        nb.cells.extend(cells)
     return nb
 
 
