@@ -176,6 +176,10 @@ def resolve_params(params: dict[str, Any],  # the user's parameters
             params[key] = str(Path(params[key]).expanduser().resolve())
     for stage in stages:
         check_stage_params(stage, params)
+    if params.get("device") is not None:  # the stages run here: a device this machine lacks is refused now
+        from mllifecycle.core import choose_device
+
+        choose_device(params["device"])
     return params
 
 # %% ../nbs/07_pipeline.ipynb #161bace4

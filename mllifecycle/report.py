@@ -410,9 +410,10 @@ def run_summary(run_path: str | Path) -> list[str]:
     if "windows" in performance:
         headline = performance.get("headline") or {}
         alerts = (read_artifact(run_path, "monitoring/alerts.json") or {}).get("alerts", [])
-        lines.append(f"monitoring: {len(performance['windows'])} windows, {len(alerts)} alerts, "
-                     f"{headline.get('promotions', 0)} promotions, {headline.get('rollbacks', 0)} rollbacks"
-                     + (f"; retraining {headline['verdict']}" if "verdict" in headline else ""))
+        counts = [(len(performance["windows"]), "window"), (len(alerts), "alert"),
+                  (headline.get("promotions", 0), "promotion"), (headline.get("rollbacks", 0), "rollback")]
+        lines.append("monitoring: " + ", ".join(f"{n} {word}{'' if n == 1 else 's'}" for n, word in counts)
+                     + (f"; retraining: {headline['verdict']}" if "verdict" in headline else ""))
     report = run_path / "report" / "report.html"
     if report.exists():
         lines.append(f"report: {report}")

@@ -170,3 +170,10 @@ def test_registry_refuses_a_champion_of_other_data_unless_forced(tmp_path, synth
     assert forced.returncode == 0, forced.stderr
     history = json.loads((tmp_path / "runs" / "registry" / "registry.json").read_text())["history"]
     assert history[-1]["version"] == 2 and history[-1]["forced_over"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_a_device_this_machine_lacks_is_refused_before_any_stage(tmp_path):
+    result = mllifecycle("run", "-p", "device", "cuda", "--run-dir", "r", cwd=tmp_path)
+    assert_one_line_error(result, "CUDA is not available on this machine")
+    assert "stage '" not in result.stderr and not (tmp_path / "r").exists()
