@@ -295,8 +295,10 @@ def earlier_record(run_path: Path,  # an existing run directory, or one to creat
                    start_from: str | None = None,  # the stage a continued run starts from
                   ) -> dict[str, Any]:  # the run's pipeline record so far ({"params": {}, "stages": []} when new)
     "The pipeline record of a run directory; with `start_from`, checked that every stage before it ran successfully."
+    from mllifecycle.report import read_record
+
     path = run_path / "report" / "pipeline.json"
-    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"params": {}, "stages": []}
+    record = read_record(run_path) if path.is_file() else {"params": {}, "stages": []}  # checked: a record, of stages
     if start_from is not None:
         if not path.is_file():
             raise PipelineError(f"--from {start_from} continues an existing run, and {run_path} has no pipeline record "
