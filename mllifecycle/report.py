@@ -344,7 +344,7 @@ div.stage { border-top: 3px solid #444; margin-top: 2em; padding-top: 0.5em; }
 details.code > summary { cursor: pointer; color: #666; font-size: 0.8em; }
 """
 
-
+# %% ../nbs/06_report.ipynb #1b959942
 def report_exporter():
     "nbconvert's HTML exporter with the report's template: no CDN scripts, code folded."
     import logging
@@ -357,7 +357,7 @@ def report_exporter():
     return HTMLExporter(template_name="lab", extra_loaders=[jinja2.DictLoader({"report.html.j2": REPORT_TEMPLATE})],
                         template_file="report.html.j2", embed_images=True, log=quiet)
 
-# %% ../nbs/06_report.ipynb #5a69b9f0
+# %% ../nbs/06_report.ipynb #bb79d551
 def report_notebook(run_path: Path, entries: Sequence[dict[str, Any]]):
     "Every shown cell of every stage's executed notebook, in one notebook."
     import nbformat
@@ -388,7 +388,7 @@ def build_report(run_path: str | Path,  # a run directory
     atomic_write_text(out, body)
     return out
 
-# %% ../nbs/06_report.ipynb #f91422e0
+# %% ../nbs/06_report.ipynb #076f264b
 def run_summary(run_path: str | Path) -> list[str]:
     "The headline of a run as a few lines of text: winner and test metric, champion, serving, monitoring, report."
     run_path, lines = Path(run_path), []
