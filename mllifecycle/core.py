@@ -29,9 +29,10 @@ from filelock import FileLock
 # %% auto #0
 __all__ = ['TRACKED_PACKAGES', 'CHECKSUMS', 'MLLifecycleError', 'ParamError', 'ArtifactError', 'atomic_path', 'atomic_write_text',
            'to_jsonable', 'json_text', 'write_json', 'read_json', 'update_json', 'file_sha256', 'check_integer',
-           'check_number', 'check_choice', 'parameter_help', 'parameter_defaults', 'parameters_cell', 'parameters_from',
-           'check_seed', 'seed_everything', 'choose_device', 'package_versions', 'package_dir', 'git_commit',
-           'capture_env', 'torch_env', 'verify_checksum', 'Run', 'new_run_id', 'open_run', 'save_figure']
+           'check_number', 'check_choice', 'check_bool', 'check_names', 'check_mapping', 'parameter_help',
+           'parameter_defaults', 'parameters_cell', 'parameters_from', 'check_seed', 'seed_everything', 'choose_device',
+           'package_versions', 'package_dir', 'git_commit', 'capture_env', 'torch_env', 'verify_checksum', 'Run',
+           'new_run_id', 'open_run', 'missing_stage', 'save_figure']
 
 # %% ../nbs/00_core.ipynb #22c21e48
 class MLLifecycleError(Exception):
@@ -104,7 +105,7 @@ def json_text(obj: Any) -> str:
     "`obj` as indented JSON text (via `to_jsonable`), ending in a newline."
     return json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
 
-
+# %% ../nbs/00_core.ipynb #360e9bd9
 def write_json(path: str | Path,  # the file to create or replace
                obj: Any,  # anything `to_jsonable` accepts
               ) -> Path:
@@ -170,8 +171,8 @@ def check_number(name: str,  # the parameter, for the message
     "`value` as a finite float in the range, or `ParamError` naming `name` and the range."
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
-        bounds = f"{'>' if low_open else '≥'} {low}" + (f" and ≤ {high}" if high != math.inf else "")
-        raise ParamError(f"{name} must be a finite number {bounds}, got {value!r}")
+        bounds = [f"{'>' if low_open else '≥'} {low}"] * (low != -math.inf) + [f"≤ {high}"] * (high != math.inf)
+        raise ParamError(f"{name} must be a finite number{' ' if bounds else ''}{' and '.join(bounds)}, got {value!r}")
     return float(value)
 
 # %% ../nbs/00_core.ipynb #7777711f
@@ -184,6 +185,37 @@ def check_choice(name: str,  # the parameter, for the message
         raise ParamError(f"unknown {name} {value!r}: expected one of {', '.join(map(repr, choices))}")
     return value.lower()
 
+# %% ../nbs/00_core.ipynb #a9eebdce
+def check_bool(name: str,  # the parameter, for the message
+               value: Any,  # the value given
+              ) -> bool:
+    "`value` when it is true or false, else `ParamError` naming `name`."
+    if not isinstance(value, (bool, np.bool_)):
+        raise ParamError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+# %% ../nbs/00_core.ipynb #0508729f
+def check_names(name: str,  # the parameter, for the message
+                value: Any,  # the value given: a list of column names, or None
+               ) -> list[str] | None:
+    "`value` as a list of names (None stays None), or `ParamError` when it is not a list of strings."
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ParamError(f"{name} must be a list of column names, got {value!r}")
+    return list(value)
+
+# %% ../nbs/00_core.ipynb #2b54482a
+def check_mapping(name: str,  # the parameter, for the message
+                  value: Any,  # the value given: a mapping, or None
+                 ) -> dict | None:
+    "`value` as a dict keyed by text (None stays None), or `ParamError` when it is not a mapping."
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ParamError(f"{name} must be a mapping of column → setting, got {value!r}")
+    return dict(value)
+
 # %% ../nbs/00_core.ipynb #af29e575
 def parameter_help(cls: type,  # a parameters dataclass
                   ) -> dict[str, str]:  # field → its one-line help ('' when it has none)
@@ -195,7 +227,7 @@ def parameter_help(cls: type,  # a parameters dataclass
         found.update({name: text for name, text in docments(klass).items() if name != "return" and text})
     return {f.name: found.get(f.name, "") for f in dataclasses.fields(cls)}
 
-
+# %% ../nbs/00_core.ipynb #2a6c89fc
 def parameter_defaults(cls: type) -> dict[str, Any]:
     "The default of each field of the dataclass `cls`."
     return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -212,7 +244,7 @@ def parameters_cell(cls: type) -> str:
     return "\n".join(f"{name} = {defaults[name]!r}" + (f"  # {helps[name]}" if helps[name] else "")
                      for name in [*first, *(n for n in defaults if n not in first)])
 
-
+# %% ../nbs/00_core.ipynb #4510aba2
 def parameters_from(cls: type,  # a parameters dataclass
                     namespace: dict[str, Any],  # the notebook's variables (`globals()`)
                    ):
@@ -226,7 +258,7 @@ def check_seed(seed: Any) -> int:
         raise ParamError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     return int(seed)
 
-
+# %% ../nbs/00_core.ipynb #a0c0f5f5
 def seed_everything(seed: int,  # the run's seed
                     torch: bool = True,  # also seed PyTorch (imports it)
                    ) -> np.random.Generator:  # a NumPy generator seeded with `seed`
@@ -288,7 +320,7 @@ def package_dir() -> Path:
 
     return Path(mllifecycle.__file__).resolve().parent
 
-
+# %% ../nbs/00_core.ipynb #b13c655d
 def git_commit(path: str | Path | None = None) -> dict[str, Any]:
     "The git commit of the checkout holding `path` (default: this package), and whether it has uncommitted changes."
     path = Path(path) if path is not None else package_dir()
@@ -312,7 +344,7 @@ def capture_env(seed: int) -> dict[str, Any]:
             "python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "device": None, "cuda": None, "gpu": None, "packages": package_versions(), "git": git_commit()}
 
-
+# %% ../nbs/00_core.ipynb #dce1ddc7
 def torch_env() -> dict[str, Any]:
     "The device `auto` picks, the CUDA version and the GPU's name (imports torch)."
     import torch
@@ -431,6 +463,16 @@ def open_run(run_dir: str | Path | None = None,  # the run directory; None → a
         update_json(run.file("env.json"), lambda env: env.update(torch_env()))
     seed_everything(seed, torch=torch)
     return run
+
+# %% ../nbs/00_core.ipynb #59488f42
+def missing_stage(run: Run | str | Path,  # the run directory that lacks something
+                  what: str,  # what it lacks, in words
+                  stage: str,  # the stage that makes it
+                 ) -> str:  # the message
+    "The message for a run that lacks an earlier stage's artifacts: what, which stage, and the command that runs it."
+    path = run.path if isinstance(run, Run) else Path(run)
+    return (f"run {path} has no {what}: run the {stage} stage first "
+            f"(mllifecycle run --run-dir {path} --stages {stage})")
 
 # %% ../nbs/00_core.ipynb #53778aea
 def save_figure(run: Run,  # the run directory

@@ -20,23 +20,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .core import MLLifecycleError, Run, read_json
+from .core import (
+    MLLifecycleError, ParamError, Run, check_bool, check_choice, check_integer, check_mapping, check_names,
+    check_number, check_seed, missing_stage, open_run, read_json)
 
 # %% auto #0
-__all__ = ['FILE_READERS', 'SQL_URL', 'FLIGHTS_TARGET', 'FLIGHTS_TIME', 'FLIGHTS_IDS', 'FLIGHTS_CONSTRAINTS', 'FLIGHTS_DERIVED',
-           'DRIFT_KINDS', 'MAX_SCHEMA_CATEGORIES', 'NA_TOKENS', 'MISSING_STRATEGIES', 'SPLIT_METHODS', 'MIN_SPLIT_ROWS',
-           'ID_NAME', 'LEAK_THRESHOLD', 'UNKNOWN', 'MISSING', 'DATETIME_PARTS', 'PIPELINE_FORMAT', 'SPLITS',
-           'DataError', 'DataWarning', 'read_sql', 'load_table', 'duplicated_rows', 'deduplicate_keys', 'join_tables',
-           'flights_files', 'load_flights', 'drift_weight', 'make_synthetic', 'ColumnSchema', 'Schema', 'column_kind',
-           'infer_task', 'check_target', 'infer_schema', 'coerce_column', 'check_frame', 'profile',
-           'normalize_categories', 'CleanConfig', 'Actions', 'check_clean_settings', 'fix_types', 'fix_values',
-           'apply_column_strategies', 'rows_to_keep', 'drop_sparse_columns', 'clean_frame', 'plot_quality',
-           'rows_needed', 'time_split', 'random_split', 'group_split', 'split_frame', 'check_leakage',
-           'find_id_columns', 'find_leaks', 'check_expression', 'evaluate_expression', 'Features', 'numeric_block',
-           'fit_numeric', 'scale_numeric', 'fit_vocabulary', 'vocabulary_lookup', 'category_codes', 'encode_target',
-           'FeaturePipeline', 'pipeline_to_dict', 'pipeline_from_dict', 'DataConfig', 'PreparedData', 'collect',
-           'screen_columns', 'dataset_record', 'describe_columns', 'usable_derived', 'leak_free_splits', 'split_report',
-           'write_prepared', 'prepare_data', 'load_prepared']
+__all__ = ['TASKS', 'FILE_READERS', 'SQL_URL', 'FLIGHTS_TARGET', 'FLIGHTS_TIME', 'FLIGHTS_IDS', 'FLIGHTS_CONSTRAINTS',
+           'FLIGHTS_DERIVED', 'DRIFT_KINDS', 'MAX_CATEGORIES', 'NA_TOKENS', 'MISSING_STRATEGIES', 'SPLIT_METHODS',
+           'MIN_SPLIT_ROWS', 'ID_NAME', 'LEAK_THRESHOLD', 'UNKNOWN', 'MISSING', 'DATETIME_PARTS', 'PIPELINE_FORMAT',
+           'SPLITS', 'SMALL_SAMPLE_ROWS', 'DataError', 'DataWarning', 'read_sql', 'load_table', 'duplicated_rows',
+           'deduplicate_keys', 'join_tables', 'flights_files', 'load_flights', 'drift_weight', 'make_synthetic',
+           'ColumnSchema', 'Schema', 'column_kind', 'infer_task', 'check_target', 'infer_schema', 'coerce_column',
+           'check_frame', 'profile', 'normalize_categories', 'CleanConfig', 'Actions', 'check_clean_settings',
+           'fix_types', 'fix_values', 'apply_column_strategies', 'rows_to_keep', 'drop_sparse_columns', 'clean_frame',
+           'plot_quality', 'rows_needed', 'check_fractions', 'time_split', 'random_split', 'group_split', 'split_frame',
+           'check_leakage', 'find_id_columns', 'find_leaks', 'check_expression', 'evaluate_expression', 'Features',
+           'numeric_block', 'fit_numeric', 'scale_numeric', 'fit_vocabulary', 'vocabulary_lookup', 'category_codes',
+           'encode_target', 'FeaturePipeline', 'pipeline_to_dict', 'pipeline_from_dict', 'DataParams', 'PreparedData',
+           'collect', 'screen_columns', 'dataset_record', 'describe_columns', 'usable_derived', 'leak_free_splits',
+           'split_report', 'write_prepared', 'prepare_data', 'load_prepared', 'DataStageResult', 'data_stage']
 
 # %% ../nbs/01_data.ipynb #4e02fd7d
 class DataError(MLLifecycleError, ValueError):
@@ -45,6 +47,9 @@ class DataError(MLLifecycleError, ValueError):
 
 class DataWarning(UserWarning):
     "The data can be used, but something in it will likely mislead a model: a leaky or identifier-like column."
+
+# %% ../nbs/01_data.ipynb #06b20892
+TASKS = ("classification", "regression")
 
 # %% ../nbs/01_data.ipynb #628ff53b
 FILE_READERS = {
@@ -106,6 +111,11 @@ def read_sql(url: str,  # a SQLAlchemy database URL, e.g. sqlite:///flights.db
     finally:
         engine.dispose()
 
+# %% ../nbs/01_data.ipynb #5ac2be78
+def _describe(source) -> str:
+    "A data source, as messages name it."
+    return "the DataFrame" if isinstance(source, pd.DataFrame) else f"data source {source}"
+
 # %% ../nbs/01_data.ipynb #3c337a73
 def load_table(source: str | Path | pd.DataFrame,  # a DataFrame, a file path, or a database URL
                sql_query: str | None = None,  # the query (or table name) when `source` is a database URL
@@ -139,10 +149,6 @@ def load_table(source: str | Path | pd.DataFrame,  # a DataFrame, a file path, o
     if duplicated:
         raise DataError(f"{_describe(source)} has duplicate column names: {duplicated}")
     return df
-
-
-def _describe(source) -> str:
-    return "the DataFrame" if isinstance(source, pd.DataFrame) else f"data source {source}"
 
 # %% ../nbs/01_data.ipynb #a0c742cd
 def duplicated_rows(df: pd.DataFrame,  # the frame
@@ -245,7 +251,7 @@ def drift_weight(n_rows: int, drift: str = "none", start: float = 0.5, width: fl
     return np.clip((position - start) / width, 0.0, 1.0)
 
 # %% ../nbs/01_data.ipynb #77e694c0
-def _numeric_signal(rng: np.random.Generator, n_rows: int, n_numeric: int, drift: str, weight: np.ndarray,
+def _numeric_signal(rng: np.random.Generator, n_rows: int, n_numeric: int, *, drift: str, weight: np.ndarray,
                     strength: float) -> tuple[np.ndarray, np.ndarray, int]:
     "Numeric features, the target logit they give, and how many features covariate drift shifts."
     n_shifted = max(1, n_numeric // 3)
@@ -259,7 +265,7 @@ def _numeric_signal(rng: np.random.Generator, n_rows: int, n_numeric: int, drift
         logit = (1 - weight) * logit + weight * (numeric @ flipped) * strength
     return numeric, logit, n_shifted
 
-
+# %% ../nbs/01_data.ipynb #b4da8ded
 def _categorical_signal(rng: np.random.Generator, n_rows: int, n_categorical: int, n_categories: int,
                         logit: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     "Categorical features (values c00, c01, … with Zipf-like frequencies) and the logit with their effects."
@@ -274,7 +280,7 @@ def _categorical_signal(rng: np.random.Generator, n_rows: int, n_categorical: in
     return columns, logit
 
 # %% ../nbs/01_data.ipynb #b1f419d8
-def _synthetic_target(rng: np.random.Generator, logit: np.ndarray, task: str, drift: str, weight: np.ndarray,
+def _synthetic_target(rng: np.random.Generator, logit: np.ndarray, *, task: str, drift: str, weight: np.ndarray,
                       strength: float) -> np.ndarray:
     "A binary label drawn from the logit, or a noisy value; prior drift moves the intercept."
     prior = (drift == "prior") * strength * weight
@@ -283,7 +289,7 @@ def _synthetic_target(rng: np.random.Generator, logit: np.ndarray, task: str, dr
         return (rng.random(len(logit)) < 1 / (1 + np.exp(-(logit + intercept)))).astype(np.int8)
     return logit + 0.1 * rng.standard_normal(len(logit)) + prior
 
-
+# %% ../nbs/01_data.ipynb #4aaa7a29
 def _drift_record(drift: str, strength: float, affected: list[str], weight: np.ndarray, times: pd.Series) -> dict:
     "Where the injected drift is: kind, strength, affected columns, first row with any and with the full drift."
     drifting, full = np.flatnonzero(weight > 0), np.flatnonzero(weight >= 1)
@@ -294,6 +300,7 @@ def _drift_record(drift: str, strength: float, affected: list[str], weight: np.n
 
 # %% ../nbs/01_data.ipynb #c5076973
 def make_synthetic(n_rows: int = 10_000,  # rows to generate
+                   *,
                    n_numeric: int = 12,  # numeric features
                    n_categorical: int = 6,  # categorical features (string values)
                    n_categories: int = 20,  # distinct values per categorical feature
@@ -308,17 +315,15 @@ def make_synthetic(n_rows: int = 10_000,  # rows to generate
                    seed: int = 0,
                   ) -> pd.DataFrame:
     "A time-ordered tabular dataset with a known target function and known, injected drift."
-    if task not in ("classification", "regression"):
-        raise DataError(f"task must be 'classification' or 'regression', got {task!r}")
-    if drift not in DRIFT_KINDS:
-        raise DataError(f"drift must be one of {DRIFT_KINDS}, got {drift!r}")
-    if n_rows < 1 or n_numeric < 1 or n_categorical < 0 or n_categories < 2:
-        raise DataError("make_synthetic needs n_rows ≥ 1, n_numeric ≥ 1, n_categorical ≥ 0 and n_categories ≥ 2")
+    task, drift = check_choice("task", task, TASKS), check_choice("drift", drift, DRIFT_KINDS)
+    n_rows, n_numeric = check_integer("n_rows", n_rows), check_integer("n_numeric", n_numeric)
+    n_categorical, n_categories = check_integer("n_categorical", n_categorical, 0), check_integer("n_categories", n_categories, 2)
     rng = np.random.default_rng(seed)
     weight = drift_weight(n_rows, drift, drift_start, drift_width)
-    numeric, logit, n_shifted = _numeric_signal(rng, n_rows, n_numeric, drift, weight, drift_strength)
+    numeric, logit, n_shifted = _numeric_signal(rng, n_rows, n_numeric, drift=drift, weight=weight,
+                                                strength=drift_strength)
     categorical, logit = _categorical_signal(rng, n_rows, n_categorical, n_categories, logit)
-    target = _synthetic_target(rng, logit, task, drift, weight, drift_strength)
+    target = _synthetic_target(rng, logit, task=task, drift=drift, weight=weight, strength=drift_strength)
     df = pd.DataFrame({**{f"num_{j}": numeric[:, j] for j in range(n_numeric)}, **categorical})
     if missing_frac > 0:
         for j in range(n_numeric):
@@ -331,7 +336,7 @@ def make_synthetic(n_rows: int = 10_000,  # rows to generate
     return df
 
 # %% ../nbs/01_data.ipynb #0e0db0c0
-MAX_SCHEMA_CATEGORIES = 1000
+MAX_CATEGORIES = 1000  # categories a schema lists, and a feature pipeline encodes, per column (the most frequent)
 
 
 @dataclass
@@ -345,7 +350,7 @@ class ColumnSchema:
     n_unique: int = 0
     min: float | str | None = None  # numeric and datetime columns
     max: float | str | None = None
-    categories: list[str] | None = None  # categorical columns: the most frequent values (up to 1000)
+    categories: list[str] | None = None  # categorical columns: the most frequent values (up to MAX_CATEGORIES)
 
 # %% ../nbs/01_data.ipynb #8f4f9f5d
 @dataclass
@@ -412,10 +417,7 @@ def check_target(df: pd.DataFrame, target: str, task: str | None = None) -> str:
     y = df[target]
     if y.notna().sum() == 0:
         raise DataError(f"target column {target!r} has no values (all {len(y)} are missing)")
-    if task is None:
-        task = infer_task(y)
-    if task not in ("classification", "regression"):
-        raise DataError(f"task must be 'classification' or 'regression', got {task!r}")
+    task = infer_task(y) if task is None else check_choice("task", task, TASKS)
     n_unique = y.nunique(dropna=True)
     if task == "classification" and n_unique < 2:
         raise DataError(f"target column {target!r} has a single class ({y.dropna().iloc[0]!r}); "
@@ -466,7 +468,7 @@ def infer_schema(df: pd.DataFrame,  # cleaned data
         elif kind == "datetime" and s.notna().any():
             col.min, col.max = s.min().isoformat(), s.max().isoformat()
         elif kind == "categorical":
-            col.categories = [str(v) for v in s.value_counts().index[:MAX_SCHEMA_CATEGORIES]]
+            col.categories = [str(v) for v in s.value_counts().index[:MAX_CATEGORIES]]
         columns[name] = col
     classes = sorted(df[target].dropna().unique().tolist()) if task == "classification" else None
     return Schema(columns=columns, target=target, task=task, classes=classes, time_column=time_column)
@@ -486,7 +488,7 @@ def _coerce_numeric(s: pd.Series) -> tuple[pd.Series, pd.Series]:
     missing_token = stripped.isna() | stripped.str.casefold().isin(NA_TOKENS)
     return numbers.astype("float64"), ~missing_token & numbers.isna()
 
-
+# %% ../nbs/01_data.ipynb #a4b3bd16
 def _coerce_datetime(s: pd.Series) -> tuple[pd.Series, pd.Series]:
     "Timestamps (UTC if the values carry a zone) from `s`, and a mask of the values that are not timestamps."
     if pd.api.types.is_datetime64_any_dtype(s):
@@ -496,7 +498,7 @@ def _coerce_datetime(s: pd.Series) -> tuple[pd.Series, pd.Series]:
     times = pd.to_datetime(s, errors="coerce", format="ISO8601", utc=True)
     return times, s.notna() & times.isna()
 
-
+# %% ../nbs/01_data.ipynb #64659b55
 def coerce_column(name: str,  # the column's name, for the error message
                   s: pd.Series,  # its values
                   kind: str,  # "numeric" or "datetime"
@@ -569,11 +571,12 @@ def _looks_like(sample: pd.Series, convert) -> bool:
         return False
     return convert(sample).notna().mean() >= 0.95
 
-
+# %% ../nbs/01_data.ipynb #f55db65a
 def _is_text(s: pd.Series) -> bool:
+    "Whether a column holds text (not a pandas categorical)."
     return (pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s)) and not isinstance(s.dtype, pd.CategoricalDtype)
 
-
+# %% ../nbs/01_data.ipynb #aa0d487a
 def normalize_categories(s: pd.Series) -> tuple[pd.Series, int]:
     "Strip whitespace, make empty strings missing, and merge spellings that differ only in case; count changed values."
     codes, uniques = pd.factorize(s, use_na_sentinel=True)
@@ -614,17 +617,22 @@ class CleanConfig:
     coerce_types: bool = True  # convert text columns that hold numbers or timestamps
 
     def __post_init__(self):
-        if self.on_inf not in ("error", "missing"):
-            raise DataError(f"on_inf must be 'error' or 'missing', got {self.on_inf!r}")
-        if not 0 < self.max_missing_frac <= 1:
-            raise DataError(f"max_missing_frac must be in (0, 1], got {self.max_missing_frac!r}")
+        self.key_columns = check_names("key_columns", self.key_columns)
+        self.constraints = check_mapping("constraints", self.constraints)
+        self.missing = check_mapping("missing", self.missing)
+        self.on_inf = check_choice("on_inf", self.on_inf, ("error", "missing"))
+        self.max_missing_frac = check_number("max_missing_frac", self.max_missing_frac, high=1, low_open=True)
+        self.coerce_types = check_bool("coerce_types", self.coerce_types)
         for column, strategy in self.missing.items():
             if strategy not in MISSING_STRATEGIES and not str(strategy).startswith("fill:"):
-                raise DataError(f"missing strategy for {column!r} must be one of {MISSING_STRATEGIES} or "
-                                f"'fill:VALUE', got {strategy!r}")
+                raise ParamError(f"missing strategy for {column!r} must be one of {MISSING_STRATEGIES} or "
+                                 f"'fill:VALUE', got {strategy!r}")
         for column, bounds in self.constraints.items():
             if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
-                raise DataError(f"constraint for {column!r} must be [min, max], got {bounds!r}")
+                raise ParamError(f"constraint for {column!r} must be [min, max], got {bounds!r}")
+            low, high = (None if b is None else check_number(f"constraints[{column!r}]", b, low=-math.inf) for b in bounds)
+            if low is not None and high is not None and low > high:
+                raise ParamError(f"constraints[{column!r}] = [{low:g}, {high:g}]: the minimum is above the maximum")
 
 # %% ../nbs/01_data.ipynb #2f349346
 class Actions(list):
@@ -778,15 +786,19 @@ def rows_needed(valid_frac: float, test_frac: float, stream_frac: float = 0.0) -
     return math.ceil(MIN_SPLIT_ROWS / (min(valid_frac, test_frac) * (1 - stream_frac)) - 1e-9)
 
 # %% ../nbs/01_data.ipynb #d52426a7
-def _check_fractions(valid_frac, test_frac, stream_frac):
+def check_fractions(valid_frac: float,  # share of rows for validation
+                    test_frac: float,  # share of rows for the test split
+                    stream_frac: float = 0.0,  # share of the latest rows kept for monitoring
+                   ):
+    "Refuse split fractions that are not shares, leave a split empty, or leave too little for training (`ParamError`)."
     for name, value in (("valid_frac", valid_frac), ("test_frac", test_frac), ("stream_frac", stream_frac)):
-        if not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise DataError(f"{name} must be a number in [0, 1), got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ParamError(f"{name} must be a number in [0, 1), got {value!r}")
     if valid_frac <= 0 or test_frac <= 0:
-        raise DataError("valid_frac and test_frac must be > 0")
+        raise ParamError("valid_frac and test_frac must be > 0")
     if valid_frac + test_frac + stream_frac >= 0.9:
-        raise DataError(f"valid_frac + test_frac + stream_frac = {valid_frac + test_frac + stream_frac:.2f} leaves "
-                        "too little for training (must be < 0.9)")
+        raise ParamError(f"valid_frac + test_frac + stream_frac = {valid_frac + test_frac + stream_frac:.2f} leaves "
+                         "too little for training (must be < 0.9)")
 
 # %% ../nbs/01_data.ipynb #f95006e2
 def time_split(df: pd.DataFrame, time_column: str, valid_frac: float, test_frac: float,
@@ -812,7 +824,7 @@ def time_split(df: pd.DataFrame, time_column: str, valid_frac: float, test_frac:
     return splits
 
 # %% ../nbs/01_data.ipynb #4af23bfb
-def random_split(df: pd.DataFrame, target: str, valid_frac: float, test_frac: float, stratify: bool = True,
+def random_split(df: pd.DataFrame, target: str, valid_frac: float, test_frac: float, *, stratify: bool = True,
                  seed: int = 0) -> dict[str, pd.DataFrame]:
     "Rows → train, valid, test at random; stratified by class for classification."
     from sklearn.model_selection import train_test_split
@@ -847,6 +859,7 @@ def group_split(df: pd.DataFrame, group_column: str, valid_frac: float, test_fra
 def split_frame(df: pd.DataFrame,  # cleaned data
                 target: str,  # the target column (stratifies random splits)
                 method: str = "auto",  # "auto", "time", "random" or "group"
+                *,
                 valid_frac: float = 0.15,  # share of rows for validation
                 test_frac: float = 0.15,  # share of rows for the test set
                 stream_frac: float = 0.25,  # time splits: share of the latest rows kept for monitoring
@@ -856,11 +869,10 @@ def split_frame(df: pd.DataFrame,  # cleaned data
                 seed: int = 0,
                ) -> dict[str, pd.DataFrame]:  # train, valid, test (and stream for time splits)
     "Split `df` into the frames later stages read."
-    if method not in SPLIT_METHODS:
-        raise DataError(f"split method must be one of {SPLIT_METHODS}, got {method!r}")
+    method = check_choice("split method", method, SPLIT_METHODS)
     method = ("time" if time_column else "random") if method == "auto" else method
     stream_frac = stream_frac if method == "time" else 0.0
-    _check_fractions(valid_frac, test_frac, stream_frac)
+    check_fractions(valid_frac, test_frac, stream_frac)
     fractions = f"valid_frac={valid_frac}, test_frac={test_frac}" + (f", stream_frac={stream_frac}" if stream_frac else "")
     if len(df) < rows_needed(valid_frac, test_frac, stream_frac):
         raise DataError(f"{len(df)} rows are too few to split: {fractions} need at least "
@@ -869,7 +881,7 @@ def split_frame(df: pd.DataFrame,  # cleaned data
     if method == "time":
         splits = time_split(df, time_column, valid_frac, test_frac, stream_frac)
     elif method == "random":
-        splits = random_split(df, target, valid_frac, test_frac, stratify, seed)
+        splits = random_split(df, target, valid_frac, test_frac, stratify=stratify, seed=seed)
     else:
         splits = group_split(df, group_column, valid_frac, test_frac, seed)
     for name in ("train", "valid", "test"):
@@ -916,7 +928,7 @@ def _id_reason(name: str, s: pd.Series) -> str | None:
             return "an integer that rises or falls strictly from row to row (a row number)"
     return None
 
-
+# %% ../nbs/01_data.ipynb #e63daeb2
 def find_id_columns(df: pd.DataFrame,  # cleaned data, in its original row order
                     exclude: list[str] = (),  # columns never flagged (target, time column, ids already given)
                    ) -> dict[str, str]:  # column → why it looks like an identifier
@@ -975,6 +987,7 @@ def find_leaks(df: pd.DataFrame,  # cleaned data
                target: str,  # the target column
                task: str,  # "classification" or "regression"
                columns: list[str],  # the candidate features
+               *,
                threshold: float = LEAK_THRESHOLD,  # flag a feature alone scoring at least this
                max_rows: int = 5000,  # score on a random sample of at most this many rows
                max_identity_columns: int = 40,  # test identities among at most this many numeric columns
@@ -1028,13 +1041,13 @@ def check_expression(expression: str) -> list[str]:
             raise DataError(f"derived feature {expression!r} may only use column names, numbers and + - * / // % **")
     return sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name)})
 
-
+# %% ../nbs/01_data.ipynb #f7177c91
 @functools.lru_cache(maxsize=256)
 def _compiled(expression: str):
     "The code of a checked expression, compiled once (a server evaluates the same few on every batch)."
     return compile(ast.parse(expression, mode="eval"), "<derived>", "eval")
 
-
+# %% ../nbs/01_data.ipynb #777861fa
 def evaluate_expression(expression: str,  # arithmetic over column names, e.g. "year - plane_year"
                         columns: dict[str, np.ndarray],  # the float64 values of (at least) the columns it names
                         n_rows: int,  # rows of the result (an expression of constants is broadcast)
@@ -1105,6 +1118,7 @@ def fit_numeric(names: list[str], columns: list[np.ndarray]) -> dict[str, dict]:
 # %% ../nbs/01_data.ipynb #65807238
 def scale_numeric(names: list[str], columns: list[np.ndarray],  # from `numeric_block`
                   stats: dict[str, dict],  # from `fit_numeric` on the training rows
+                  *,
                   missing_indicators: bool = True,  # add a 0/1 column for each feature missing in training
                   dtype: str = "float32",
                   n_rows: int | None = None,  # the number of rows (needed when there is no numeric feature)
@@ -1138,7 +1152,7 @@ def fit_vocabulary(s: pd.Series,  # a categorical column of the training rows
         counts = counts.iloc[:int(max_categories)]
     return sorted(counts.index.tolist())
 
-
+# %% ../nbs/01_data.ipynb #05a12149
 def vocabulary_lookup(vocabulary: list[str]) -> tuple[dict[str, int], dict[str, int]]:
     "value → code and case-folded value → code, codes from 2 (0: unknown, 1: missing)."
     lookup = {value: code for code, value in enumerate(vocabulary, start=2)}
@@ -1181,7 +1195,7 @@ def encode_target(y: pd.Series,  # the target column
 class FeaturePipeline:
     "Impute, standardise, encode categories and datetimes, derive features — fitted on training data, saved as JSON."
 
-    def __init__(self,
+    def __init__(self, *,
                  numeric: list[str] = (),  # numeric columns
                  categorical: list[str] = (),  # categorical columns
                  datetime: list[str] = (),  # datetime columns (expanded into parts)
@@ -1189,20 +1203,16 @@ class FeaturePipeline:
                  target: str | None = None,  # the target column, encoded by `transform` when present
                  task: str = "classification",  # how to encode the target
                  min_frequency: int = 1,  # categories seen fewer times in training go to the unknown bucket
-                 max_categories: int | None = 1000,  # keep at most this many categories per column
+                 max_categories: int | None = MAX_CATEGORIES,  # keep at most this many categories per column
                  missing_indicators: bool = True,  # add col__missing for numerics with missing training values
                  dtype: str = "float32",  # dtype of the numeric output
                 ):
         self.numeric, self.categorical, self.datetime = list(numeric), list(categorical), list(datetime)
         self.derived, self.target, self.task = dict(derived or {}), target, task
-        self.min_frequency, self.max_categories = int(min_frequency), max_categories
-        self.missing_indicators, self.dtype = bool(missing_indicators), dtype
-        if self.min_frequency < 1:
-            raise DataError(f"min_frequency must be ≥ 1, got {min_frequency!r}")
-        if max_categories is not None and int(max_categories) < 1:
-            raise DataError(f"max_categories must be ≥ 1 or None, got {max_categories!r}")
-        if task not in ("classification", "regression"):
-            raise DataError(f"task must be 'classification' or 'regression', got {task!r}")
+        self.min_frequency = check_integer("min_frequency", min_frequency)
+        self.max_categories = None if max_categories is None else check_integer("max_categories", max_categories)
+        self.missing_indicators, self.dtype = check_bool("missing_indicators", missing_indicators), dtype
+        self.task = check_choice("task", task, TASKS)
         for expression in self.derived.values():
             check_expression(expression)
 
@@ -1233,12 +1243,12 @@ class FeaturePipeline:
 
     def transform(self, df: pd.DataFrame) -> Features:
         "Turn `df` into model inputs with the fitted statistics; never learns."
-        self._check_fitted()
-        numeric = scale_numeric(*self._numeric_block(df), self.numeric_stats_, self.missing_indicators, self.dtype,
-                                n_rows=len(df))
+        self.check_fitted()
+        numeric = scale_numeric(*self._numeric_block(df), self.numeric_stats_,
+                                missing_indicators=self.missing_indicators, dtype=self.dtype, n_rows=len(df))
         codes = np.empty((len(self.categorical), len(df)), dtype=np.int64)  # feature-major, as for the numerics
         for j, name in enumerate(self.categorical):
-            codes[j] = category_codes(df[name], *self._lookups()[name])
+            codes[j] = category_codes(df[name], *self.lookups()[name])
         target = None
         if self.target is not None and self.target in df.columns:
             target = encode_target(df[self.target], self.task, self.classes_)
@@ -1249,11 +1259,13 @@ class FeaturePipeline:
         "Fit on `df`, then transform it."
         return self.fit(df).transform(df)
 
-    def _check_fitted(self):
+    def check_fitted(self):
+        "Raise `DataError` unless the pipeline is fitted."
         if not hasattr(self, "numeric_stats_"):
             raise DataError("the feature pipeline is not fitted: call fit(train) or load a saved one")
 
-    def _lookups(self) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
+    def lookups(self) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
+        "Per categorical column, `vocabulary_lookup` of its vocabulary (built once per fitted state)."
         if getattr(self, "_lookup_cache", None) is None:  # built once per fitted state, not per request
             self._lookup_cache = {name: vocabulary_lookup(v) for name, v in self.vocabularies_.items()}
         return self._lookup_cache
@@ -1261,7 +1273,7 @@ class FeaturePipeline:
     @property
     def numeric_names_(self) -> list[str]:
         "Names of the numeric outputs, missing indicators included."
-        self._check_fitted()
+        self.check_fitted()
         names = list(self.numeric_stats_)
         return names + [f"{n}__missing" for n, s in self.numeric_stats_.items() if s["missing"]
                         and self.missing_indicators]
@@ -1269,7 +1281,7 @@ class FeaturePipeline:
     @property
     def cardinalities_(self) -> list[int]:
         "Number of codes per categorical feature (unknown and missing included): the embedding table sizes."
-        self._check_fitted()
+        self.check_fitted()
         return [len(self.vocabularies_[n]) + 2 for n in self.categorical]
 
     def to_dict(self) -> dict:
@@ -1292,7 +1304,7 @@ PIPELINE_FORMAT = "mllifecycle.FeaturePipeline/1"
 
 def pipeline_to_dict(pipeline: FeaturePipeline) -> dict:
     "A fitted pipeline's settings and state as plain JSON values."
-    pipeline._check_fitted()
+    pipeline.check_fitted()
     settings = ("numeric", "categorical", "datetime", "derived", "target", "task", "min_frequency", "max_categories",
                 "missing_indicators", "dtype")
     return {"format": PIPELINE_FORMAT, "settings": {name: getattr(pipeline, name) for name in settings},
@@ -1301,7 +1313,7 @@ def pipeline_to_dict(pipeline: FeaturePipeline) -> dict:
                                                       "categorical": pipeline.categorical,
                                                       "cardinalities": pipeline.cardinalities_}}
 
-
+# %% ../nbs/01_data.ipynb #af2d23c6
 def pipeline_from_dict(d: dict) -> FeaturePipeline:
     "Rebuild a fitted pipeline from `pipeline_to_dict`'s output; a malformed one is a `DataError`."
     if not isinstance(d, dict) or d.get("format") != PIPELINE_FORMAT:
@@ -1316,7 +1328,7 @@ def pipeline_from_dict(d: dict) -> FeaturePipeline:
 
 # %% ../nbs/01_data.ipynb #a15f877a
 @dataclass
-class DataConfig:
+class DataParams:
     "Parameters of the data stage: the one definition its notebook's `parameters` cell, the CLI and the API read."
     run_dir: str | None = None  # run directory; None → a fresh temporary one
     seed: int = 0  # seeds the sample and the random and group splits
@@ -1339,44 +1351,43 @@ class DataConfig:
     max_missing_frac: float = 0.95  # drop a feature missing in more than this share of rows
     derived: dict[str, str] | None = None  # new column → pandas expression; None → the flights defaults for flights
     min_frequency: int = 5  # categories seen fewer times in training go to the unknown bucket
-    max_categories: int = 1000  # at most this many categories per column (the most frequent)
+    max_categories: int = MAX_CATEGORIES  # at most this many categories per column (the most frequent)
     schema_path: str | None = None  # check the data against this saved schema.json before anything else
     keep_id_columns: bool = False  # keep columns that look like identifiers as features (see `find_id_columns`)
     leak_threshold: float = LEAK_THRESHOLD  # flag a feature that alone scores this well (1.0: only perfect ones)
     drop_leaky: bool = False  # drop the features flagged as leaks instead of only warning
 
     def __post_init__(self):
-        if self.sample_rows is not None and (not isinstance(self.sample_rows, (int, np.integer))
-                                             or isinstance(self.sample_rows, bool) or self.sample_rows < 1):
-            raise DataError(f"sample_rows must be a positive integer or None, got {self.sample_rows!r}")
-        if self.split not in SPLIT_METHODS:
-            raise DataError(f"split must be one of {SPLIT_METHODS}, got {self.split!r}")
-        if self.task not in (None, "classification", "regression"):
-            raise DataError(f"task must be 'classification', 'regression' or None, got {self.task!r}")
+        self.seed = check_seed(self.seed)
+        self.sample_rows = None if self.sample_rows is None else check_integer("sample_rows", self.sample_rows)
+        self.split = check_choice("split", self.split, SPLIT_METHODS)
+        self.task = None if self.task is None else check_choice("task", self.task, TASKS)
+        check_fractions(self.valid_frac, self.test_frac, self.stream_frac)
+        self.id_columns, self.key_columns = check_names("id_columns", self.id_columns) or [], \
+            check_names("key_columns", self.key_columns)
+        self.derived = check_mapping("derived", self.derived)
+        self.min_frequency = check_integer("min_frequency", self.min_frequency)
+        self.max_categories = check_integer("max_categories", self.max_categories)
+        self.leak_threshold = check_number("leak_threshold", self.leak_threshold, low=0.5, high=1)
+        self.keep_id_columns, self.drop_leaky = check_bool("keep_id_columns", self.keep_id_columns), \
+            check_bool("drop_leaky", self.drop_leaky)
         if self.data_path is not None and not self.target:
-            raise DataError(f"data_path is {self.data_path!r} but no target is given: set target to the column "
-                            "to predict")
+            raise ParamError(f"data_path is {self.data_path!r} but no target is given: set target to the column to "
+                             "predict")
         if isinstance(self.data_path, (str, Path)) and not SQL_URL.match(str(self.data_path)) \
                 and not Path(self.data_path).expanduser().exists():
-            raise DataError(f"data file not found: {Path(self.data_path).expanduser()}")
-        if isinstance(self.leak_threshold, bool) or not isinstance(self.leak_threshold, (int, float)) \
-                or not 0.5 <= self.leak_threshold <= 1:
-            raise DataError(f"leak_threshold must be a number in [0.5, 1], got {self.leak_threshold!r}")
-        for name in ("keep_id_columns", "drop_leaky"):
-            if not isinstance(getattr(self, name), bool):
-                raise DataError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("id_columns", "key_columns"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)):
-                raise DataError(f"{name} must be a list of column names, got {value!r}")
-        for name in ("constraints", "missing", "derived"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, dict):
-                raise DataError(f"{name} must be a mapping of column → setting, got {value!r}")
+            raise ParamError(f"data file not found: {Path(self.data_path).expanduser()}")
+        self.cleaning(self.target or "")  # the cleaning settings are checked now, before any data is read
 
     @property
     def is_flights(self) -> bool:
         return self.data_path is None
+
+    def cleaning(self, target: str, constraints: dict | None = None) -> CleanConfig:
+        "The cleaning settings for `target`: the given constraints, else the source's defaults (`constraints`)."
+        return CleanConfig(target=target, key_columns=self.key_columns, missing=self.missing, on_inf=self.on_inf,
+                           constraints=self.constraints if self.constraints is not None else constraints or {},
+                           max_missing_frac=self.max_missing_frac)
 
 # %% ../nbs/01_data.ipynb #cbf6eff1
 @dataclass
@@ -1392,7 +1403,7 @@ class PreparedData:
 SPLITS = ("train", "valid", "test", "stream")
 
 
-def collect(config: DataConfig) -> tuple[pd.DataFrame, dict]:
+def collect(config: DataParams) -> tuple[pd.DataFrame, dict]:
     "Load the data the config names, resolve flights defaults, and return it with a description of the source."
     if config.is_flights:
         df, joins = load_flights(config.sample_rows, config.seed)
@@ -1405,19 +1416,19 @@ def collect(config: DataConfig) -> tuple[pd.DataFrame, dict]:
     return df, {"source": str(config.data_path), "joins": [], "target": config.target,
                 "time_column": config.time_column, "id_columns": config.id_columns, "constraints": {}, "derived": {}}
 
-
 # %% ../nbs/01_data.ipynb #660adc17
 def screen_columns(cleaned: pd.DataFrame,  # cleaned data, in its original row order
                    target: str, task: str,
+                   *,
                    time_column: str | None,
                    given_ids: list[str],  # identifiers the user (or the flights defaults) named
-                   config: DataConfig,
+                   config: DataParams,
                   ) -> dict:  # {"id_columns": {column: why}, "leaks": [...], "warnings": [sentences]}
     "Find identifier-like and leaky columns; warn about each leak (loudly: it would make every metric a lie)."
     exclude = [target, *given_ids, *([time_column] if time_column else [])]
     found_ids = {} if config.keep_id_columns else find_id_columns(cleaned, exclude=exclude)
     features = [c for c in cleaned.columns if c not in exclude and c not in found_ids]
-    leaks = find_leaks(cleaned, target, task, features, config.leak_threshold, seed=config.seed)
+    leaks = find_leaks(cleaned, target, task, features, threshold=config.leak_threshold, seed=config.seed)
     messages = [f"column {name!r} looks like an identifier ({why}): not used as a feature "
                 "(keep_id_columns=True keeps it)" for name, why in found_ids.items()]
     for leak in leaks:
@@ -1428,7 +1439,6 @@ def screen_columns(cleaned: pd.DataFrame,  # cleaned data, in its original row o
         warnings.warn(message, DataWarning, stacklevel=2)
         messages.append(message)
     return {"id_columns": found_ids, "leaks": leaks, "warnings": messages}
-
 
 # %% ../nbs/01_data.ipynb #492acebc
 def dataset_record(raw: pd.DataFrame,  # the collected table, before cleaning
@@ -1445,16 +1455,17 @@ def dataset_record(raw: pd.DataFrame,  # the collected table, before cleaning
     return {"source": source, "sha256": digest.hexdigest(), "rows": len(raw), "columns": raw.shape[1],
             "target": schema.target, "task": schema.task, "classes": schema.classes}
 
-
 # %% ../nbs/01_data.ipynb #f3e368bb
 def describe_columns(cleaned: pd.DataFrame,  # cleaned data
-                     target: str, task: str, time_column: str | None,
+                     target: str, task: str,
+                     *,
+                     time_column: str | None,
                      id_columns: list[str],  # identifiers the user (or the flights defaults) named
-                     config: DataConfig,
+                     config: DataParams,
                     ) -> tuple[Schema, dict]:  # the schema, and the screening report for quality.json
     "Screen the columns for identifiers and leaks, and infer the schema with their roles."
     given_ids = [c for c in id_columns if c in cleaned.columns]  # cleaning may have dropped one
-    screening = screen_columns(cleaned, target, task, time_column, given_ids, config)
+    screening = screen_columns(cleaned, target, task, time_column=time_column, given_ids=given_ids, config=config)
     schema = infer_schema(cleaned, target, task, time_column=time_column,
                           id_columns=given_ids + list(screening["id_columns"]))
     if config.drop_leaky:
@@ -1476,11 +1487,12 @@ def usable_derived(derived: dict[str, str],  # new feature → expression
     return {name: expr for name, expr in derived.items() if name not in unusable}
 
 # %% ../nbs/01_data.ipynb #945e54e5
-def leak_free_splits(cleaned: pd.DataFrame, schema: Schema, config: DataConfig,
+def leak_free_splits(cleaned: pd.DataFrame, schema: Schema, config: DataParams,
                      method: str) -> tuple[dict[str, pd.DataFrame], dict]:
     "Split, then remove from later splits the rows identical to training rows; (splits, rows removed)."
-    splits = split_frame(cleaned, schema.target, method, config.valid_frac, config.test_frac, config.stream_frac,
-                         time_column=schema.time_column, group_column=config.group_column, seed=config.seed)
+    splits = split_frame(cleaned, schema.target, method, valid_frac=config.valid_frac, test_frac=config.test_frac,
+                         stream_frac=config.stream_frac, time_column=schema.time_column,
+                         group_column=config.group_column, seed=config.seed)
     splits, leaked = check_leakage(splits, schema.names("feature") + [schema.target])
     for name in ("valid", "test"):
         if len(splits[name]) == 0:
@@ -1488,7 +1500,7 @@ def leak_free_splits(cleaned: pd.DataFrame, schema: Schema, config: DataConfig,
     return splits, leaked
 
 # %% ../nbs/01_data.ipynb #52f851f3
-def split_report(splits: dict[str, pd.DataFrame], schema: Schema, config: DataConfig, method: str,
+def split_report(splits: dict[str, pd.DataFrame], schema: Schema, config: DataParams, method: str,
                  leaked: dict) -> dict:
     "The content of `data/splits.json`."
     info = {"method": method, "time_column": schema.time_column, "group_column": config.group_column,
@@ -1525,21 +1537,18 @@ def write_prepared(run: Run, prepared: PreparedData, dataset: dict):
 
 # %% ../nbs/01_data.ipynb #9c076e77
 def prepare_data(run: Run,  # the run directory to write into
-                 config: DataConfig | None = None,  # parameters; defaults → the embedded flights data
+                 config: DataParams | None = None,  # parameters; defaults → the embedded flights data
                 ) -> PreparedData:
     "Collect, clean, describe, split and featurise the data; write the data and features artifacts."
-    config = config or DataConfig()
+    config = config or DataParams()
     raw, source = collect(config)
     target, time_column = config.target or source["target"], config.time_column or source["time_column"]
     if config.schema_path:
         raw = check_frame(raw, Schema.load(config.schema_path))
-    cleaned, quality = clean_frame(raw, CleanConfig(
-        target=target, key_columns=config.key_columns, missing=config.missing, on_inf=config.on_inf,
-        constraints=config.constraints if config.constraints is not None else source["constraints"],
-        max_missing_frac=config.max_missing_frac))
+    cleaned, quality = clean_frame(raw, config.cleaning(target, source["constraints"]))
     task = check_target(cleaned, target, config.task)
-    schema, screening = describe_columns(cleaned, target, task, time_column,
-                                         list(config.id_columns or source["id_columns"]), config)
+    schema, screening = describe_columns(cleaned, target, task, time_column=time_column,
+                                         id_columns=list(config.id_columns or source["id_columns"]), config=config)
     quality.update(source=source["source"], joins=source["joins"], **screening)
     derived = usable_derived(config.derived if config.derived is not None else source["derived"], cleaned.columns,
                              explicit=config.derived is not None)
@@ -1553,19 +1562,32 @@ def prepare_data(run: Run,  # the run directory to write into
     write_prepared(run, prepared, dataset_record(raw, source["source"], schema))
     return prepared
 
-# %% ../nbs/01_data.ipynb #e78ca4fe
-def load_prepared(run: Run,  # a run directory
-                  prepare_if_missing: bool = True,  # run the data stage with defaults when the run has no data yet
+# %% ../nbs/01_data.ipynb #0ccd6585
+def load_prepared(run: Run,  # a run directory the data stage has written
                  ) -> PreparedData:
-    "Read the data stage's artifacts (checksums verified); prepare them with defaults if absent."
+    "Read the data stage's artifacts (checksums verified); a run without them raises `DataError` naming the stage."
     if not run.exists("data/schema.json"):
-        if not prepare_if_missing:
-            raise DataError(f"run {run.path} has no prepared data; run the data stage first")
-        config = DataConfig()
-        run.record_params("data", asdict(config), config.seed)
-        return prepare_data(run, config)
+        raise DataError(missing_stage(run, "prepared data", "data"))
     splits = {name: pd.read_parquet(run.artifact(f"data/{name}.parquet"))
               for name in SPLITS if run.exists(f"data/{name}.parquet")}
     return PreparedData(splits=splits, schema=Schema.from_dict(run.read_json("data/schema.json")),
                         pipeline=FeaturePipeline.from_dict(run.read_json("features/pipeline.json")),
                         quality=run.read_json("data/quality.json"), split_info=run.read_json("data/splits.json"))
+
+# %% ../nbs/01_data.ipynb #22ac8027
+SMALL_SAMPLE_ROWS = 10_000  # the data stage's sample when a later stage's notebook runs on its own
+
+
+@dataclass
+class DataStageResult:
+    "What the data stage produced: the run directory and the prepared data."
+    run: Run
+    prepared: PreparedData
+
+# %% ../nbs/01_data.ipynb #53b33df3
+def data_stage(params: DataParams | None = None,  # the stage's parameters (None: the defaults)
+              ) -> DataStageResult:
+    "Run the data stage: open the run directory, record the parameters, prepare and write the data."
+    params = params or DataParams()
+    run = open_run(params.run_dir, stage="data", params=asdict(params), seed=params.seed)
+    return DataStageResult(run=run, prepared=prepare_data(run, params))

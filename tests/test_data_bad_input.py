@@ -1,16 +1,17 @@
-"Bad input to the data stage: each case gives a DataError naming the problem, and no partial artifact."
+"""Bad input to the data stage: a bad parameter is a ParamError before any data is read; bad data is a DataError
+naming the problem; neither leaves a partial artifact."""
 import sqlite3
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from mllifecycle.core import open_run
-from mllifecycle.data import DataConfig, DataError, Schema, load_table, prepare_data
+from mllifecycle.core import ParamError, open_run
+from mllifecycle.data import DataParams, DataError, Schema, load_table, prepare_data
 
 
 def prepare(run_dir, **config):
-    return prepare_data(open_run(run_dir, stage="data", seed=0), DataConfig(**config))
+    return prepare_data(open_run(run_dir, stage="data", seed=0), DataParams(**config))
 
 
 def assert_no_data_artifacts(run_dir):
@@ -34,7 +35,6 @@ def write(df, path):
 
 
 CASES = {
-    "missing file": (lambda tmp, df: {"data_path": str(tmp / "nope.csv"), "target": "y"}, "data file not found"),
     "empty file": (lambda tmp, df: {"data_path": _touch(tmp / "e.csv"), "target": "y"}, "is empty"),
     "header only": (lambda tmp, df: {"data_path": _text(tmp / "h.csv", "x,y\n"), "target": "y"}, "has no rows"),
     "corrupt parquet": (lambda tmp, df: {"data_path": _bytes(tmp / "c.parquet", b"PAR1garbage"), "target": "y"},
@@ -65,7 +65,6 @@ CASES = {
                                                              "derived": {"r": "x / w"}}, "use columns the cleaned data lacks"),
     "derived feature with code": (lambda tmp, df: {"data_path": str(write(df, tmp / "d.csv")), "target": "y",
                                                    "derived": {"r": "open('x').read()"}}, "may only use column names"),
-    "no target for user data": (lambda tmp, df: {"data_path": str(write(df, tmp / "d.csv"))}, "no target is given"),
 }
 
 
@@ -127,13 +126,24 @@ def test_failure_leaves_existing_artifacts_intact(tmp_path, frame):
     assert not list(run_dir.rglob("*.tmp"))
 
 
-def test_bad_parameters_name_the_parameter():
-    with pytest.raises(DataError, match="sample_rows must be a positive integer"):
-        DataConfig(sample_rows=0)
-    with pytest.raises(DataError, match="split must be one of"):
-        DataConfig(split="chronological")
-    with pytest.raises(DataError, match="valid_frac"):
-        prepare(None, valid_frac=1.5, sample_rows=500)
+PARAMETER_CASES = {
+    "missing file": (lambda tmp: {"data_path": str(tmp / "nope.csv"), "target": "y"}, "data file not found"),
+    "no target for user data": (lambda tmp: {"data_path": _text(tmp / "d.csv", "x,y\n1,0\n")}, "no target is given"),
+    "sample_rows": (lambda tmp: {"sample_rows": 0}, "sample_rows must be an integer ≥ 1, got 0"),
+    "split": (lambda tmp: {"split": "chronological"}, "unknown split 'chronological'"),
+    "valid_frac": (lambda tmp: {"valid_frac": 1.5, "sample_rows": 500}, "valid_frac must be a number in [0, 1), got 1.5"),
+    "cleaning typo": (lambda tmp: {"on_inf": "dorp"}, "on_inf"),
+    "bad range": (lambda tmp: {"constraints": {"x": [5, 1]}}, "constraints"),
+}
+
+
+@pytest.mark.parametrize("case", list(PARAMETER_CASES))
+def test_bad_parameters_are_refused_before_any_data_is_read(case, tmp_path):
+    make_params, message = PARAMETER_CASES[case]
+    with pytest.raises(ParamError) as info:
+        DataParams(**make_params(tmp_path))
+    assert message in str(info.value), str(info.value)
+    assert not isinstance(info.value, DataError)  # the parameter is wrong, not the data
 
 
 def test_load_table_rejects_directory_and_duplicate_columns(tmp_path):

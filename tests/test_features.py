@@ -6,14 +6,14 @@ import pandas as pd
 import pytest
 
 from mllifecycle.core import open_run
-from mllifecycle.data import (DataConfig, DataError, FeaturePipeline, MISSING, UNKNOWN, infer_schema, load_prepared,
+from mllifecycle.data import (DataParams, DataError, FeaturePipeline, MISSING, UNKNOWN, infer_schema, load_prepared,
                               make_synthetic, prepare_data)
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     run = open_run(tmp_path_factory.mktemp("run"), stage="data", seed=0)
-    return run, prepare_data(run, DataConfig(sample_rows=5000))
+    return run, prepare_data(run, DataParams(sample_rows=5000))
 
 
 def test_no_train_serve_skew(prepared):
@@ -65,7 +65,7 @@ def test_pipeline_rejects_mismatched_data():
 def test_same_seed_same_artifacts(tmp_path):
     "Same parameters and seed give byte-identical data artifacts."
     def artifacts(run_dir):
-        prepare_data(open_run(run_dir, stage="data", seed=4), DataConfig(sample_rows=3000, seed=4))
+        prepare_data(open_run(run_dir, stage="data", seed=4), DataParams(sample_rows=3000, seed=4))
         return {p.name: p.read_bytes() for p in (run_dir / "data").glob("*.parquet")} | {
             "pipeline": (run_dir / "features" / "pipeline.json").read_bytes()}
     assert artifacts(tmp_path / "a") == artifacts(tmp_path / "b")
@@ -74,7 +74,7 @@ def test_same_seed_same_artifacts(tmp_path):
 def test_regression_task_is_inferred(tmp_path):
     df = make_synthetic(2000, task="regression", seed=2)
     assert infer_schema(df, "target").task == "regression"
-    result = prepare_data(open_run(tmp_path, stage="data"), DataConfig(data_path=_csv(df, tmp_path), target="target"))
+    result = prepare_data(open_run(tmp_path, stage="data"), DataParams(data_path=_csv(df, tmp_path), target="target"))
     assert result.schema.task == "regression" and result.pipeline.transform(result.splits["test"]).target.dtype == np.float32
 
 
