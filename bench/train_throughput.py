@@ -40,7 +40,7 @@ def main():
 
     from mllifecycle.core import choose_device
     from mllifecycle.data import FeaturePipeline, make_synthetic
-    from mllifecycle.train import ModelConfig, TabularMLP, TrainConfig, _make_optimizer, device_data, fit, make_loss
+    from mllifecycle.train import ModelConfig, TabularMLP, TrainConfig, make_optimizer, device_data, fit, make_loss
 
     torch.set_num_threads(args.threads)
     device = choose_device(args.device)
@@ -57,7 +57,7 @@ def main():
     def new_model(config):
         torch.manual_seed(0)
         model = TabularMLP(ModelConfig.build(train, 1, config)).to(device).train()
-        return model, _make_optimizer(model, config), make_loss("binary", train.target, None, 2, device)
+        return model, make_optimizer(model, config), make_loss("binary", train.target, None, 2, device)
 
     def step(model, optimizer, loss_fn, config, numeric, categorical, target):
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):

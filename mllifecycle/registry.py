@@ -21,21 +21,23 @@ from filelock import FileLock
 
 from .core import ArtifactError, MLLifecycleError, ParamError, Run, read_json, to_jsonable, write_json
 from .data import DataError, FeaturePipeline, Features, Schema, check_frame
-from .train import (
-    MODEL_FORMAT, PIPELINE, check_features, check_model_name, load_model, model_config, trained_pipeline)
+from mllifecycle.train import (
+    MODEL_FORMAT, PIPELINE, check_features, check_model_name, load_model, model_config, task_decisions,
+    trained_pipeline)
 
 # %% auto #0
-__all__ = ['SCHEMA', 'DATASET', 'SKLEARN_FORMAT', 'TRUSTED_SKLEARN_TYPES', 'MAX_HGB_CATEGORIES', 'REGISTRY_FORMAT',
+__all__ = ['SCHEMA', 'DATASET', 'SKLEARN_FORMAT', 'TRUSTED_SKLEARN_TYPES', 'MAX_HGB_CATEGORIES', 'PREDICTION', 'REGISTRY_FORMAT',
            'PACKAGE_FORMAT', 'RegistryError', 'features_matrix', 'categorical_mask', 'sklearn_scores',
-           'save_sklearn_model', 'load_sklearn_model', 'Predictions', 'as_frame', 'Predictor', 'load_predictor',
-           'schema_differences', 'other_data', 'AliasBook', 'write_package', 'package_manifest', 'version_row',
-           'RegistryReader', 'Registry']
+           'save_sklearn_model', 'load_sklearn_model', 'probability_column', 'Predictions', 'as_frame', 'Predictor',
+           'load_predictor', 'schema_differences', 'other_data', 'AliasBook', 'write_package', 'package_manifest',
+           'version_row', 'VersionSources', 'package_sources', 'write_version', 'check_alias', 'check_fits',
+           'version_number', 'RegistryReader', 'Registry']
 
 # %% ../nbs/03_registry.ipynb #d472afb8
 class RegistryError(MLLifecycleError):
     "The registry does not hold what was asked for, or refuses the change."
 
-
+# %% ../nbs/03_registry.ipynb #61859a9a
 SCHEMA = "data/schema.json"  # the data's schema, inside a run or a registry package
 DATASET = "data/dataset.json"  # the data's identity: source, content hash, target, task
 SKLEARN_FORMAT = "mllifecycle.sklearn/1"
@@ -44,12 +46,12 @@ TRUSTED_SKLEARN_TYPES = ("functools.partial", "sklearn.ensemble._hist_gradient_b
                          "sklearn.utils.validation.check_array")
 MAX_HGB_CATEGORIES = 255  # HistGradientBoosting's limit on categories per categorical feature
 
-
+# %% ../nbs/03_registry.ipynb #22e02de2
 def features_matrix(features: Features) -> np.ndarray:
     "Features as one float32 matrix for scikit-learn: the numeric columns, then the categorical codes."
     return np.hstack([features.numeric.astype("float32", copy=False), features.categorical.astype("float32")])
 
-
+# %% ../nbs/03_registry.ipynb #1fd0c6b6
 def categorical_mask(features: Features) -> list[bool]:
     "Which columns of `features_matrix` HistGradientBoosting should treat as categorical."
     return [False] * features.numeric.shape[1] + [c <= MAX_HGB_CATEGORIES for c in features.cardinalities]
@@ -62,7 +64,7 @@ def _plain(value: Any) -> Any:
     except TypeError:
         return repr(value)
 
-
+# %% ../nbs/03_registry.ipynb #58628b70
 def sklearn_scores(estimator,  # a fitted scikit-learn estimator
                    kind: str,  # "binary", "multiclass" or "regression"
                    features: Features,  # from the model's feature pipeline
@@ -84,6 +86,7 @@ def save_sklearn_model(run: Run,  # the run directory
                        estimator,  # a fitted scikit-learn estimator
                        kind: str,  # "binary", "multiclass" or "regression"
                        classes: list | None,  # the classes, as the feature pipeline encodes them
+                       *,
                        extra: dict | None = None,  # more facts for config.json
                       ) -> Path:
     "Write models/<name>/model.skops (no pickle) and config.json."
@@ -128,7 +131,15 @@ def load_sklearn_model(run: Run,  # the run (or registry package)
         raise ArtifactError(f"{folder}/model.skops cannot be loaded: {type(e).__name__}: {e}") from None
     return estimator, config, trained_pipeline(run, config, name)
 
-# %% ../nbs/03_registry.ipynb #c54e6a7c
+# %% ../nbs/03_registry.ipynb #3ebdb924
+PREDICTION = "prediction"  # the answer's column: a class label, or a value
+
+
+def probability_column(label) -> str:
+    "The column of P(`label`) in a frame of answers (and in the prediction log)."
+    return f"probability_{label}"
+
+# %% ../nbs/03_registry.ipynb #2d0e8ec6
 @dataclass
 class Predictions:
     "Predicted labels (or values) and class probabilities for some rows."
@@ -141,10 +152,10 @@ class Predictions:
 
     def to_frame(self) -> pd.DataFrame:
         "One row per input row: `prediction`, then `probability_<class>` for each class."
-        frame = pd.DataFrame({"prediction": self.predictions})
+        frame = pd.DataFrame({PREDICTION: self.predictions})
         if self.probabilities is not None:
             for j, label in enumerate(self.classes):
-                frame[f"probability_{label}"] = self.probabilities[:, j]
+                frame[probability_column(label)] = self.probabilities[:, j]
         return frame
 
     def to_records(self) -> list[dict]:
@@ -195,20 +206,28 @@ class Predictor:
 
     def decide(self, scores: np.ndarray) -> Predictions:
         "Turn scores into predictions: the threshold for binary models, the likeliest class for multi-class."
+        decided = task_decisions(self.kind, scores, self.threshold)
         if self.kind == "regression":
-            return Predictions(predictions=scores.astype("float64"), probabilities=None, classes=None)
-        labels = np.asarray(self.classes, dtype=object)
-        if self.kind == "binary":
-            probabilities = np.column_stack([1.0 - scores, scores]).astype("float64")
-            chosen = (scores >= self.threshold).astype(int)
-        else:
-            probabilities = scores.astype("float64")
-            chosen = probabilities.argmax(axis=1)
-        return Predictions(predictions=labels[chosen], probabilities=probabilities, classes=list(self.classes))
+            return Predictions(predictions=decided, probabilities=None, classes=None)
+        probabilities = np.column_stack([1.0 - scores, scores]) if self.kind == "binary" else scores
+        return Predictions(predictions=np.asarray(self.classes, dtype=object)[decided],
+                           probabilities=probabilities.astype("float64"), classes=list(self.classes))
 
     def predict(self, data: pd.DataFrame | dict | list) -> Predictions:
         "Predictions and probabilities for raw rows: a DataFrame, one record or a list of records."
         return self.decide(self.scores(self.features(data)))
+
+    def encode_labels(self, labels: pd.Series) -> np.ndarray:
+        "Labels as the model's target codes (class positions, or values); NaN where a label is missing."
+        if self.kind == "regression":
+            return pd.to_numeric(labels, errors="coerce").to_numpy("float64")
+        lookup = {str(c): i for i, c in enumerate(self.classes)}
+        text = labels.map(lambda v: None if pd.isna(v) else str(int(v)) if isinstance(v, float) and v.is_integer()
+                          else str(v))
+        unknown = sorted({t for t in text.dropna() if t not in lookup})
+        if unknown:
+            raise DataError(f"labels hold value(s) the model does not know: {unknown[:5]} (classes: {self.classes})")
+        return text.map(lookup).to_numpy("float64")
 
 # %% ../nbs/03_registry.ipynb #54c50848
 def load_predictor(run: Run,  # a run directory or a registry package
@@ -273,9 +292,10 @@ def other_data(candidate: Schema,  # the schema of the version to promote
 
 # %% ../nbs/03_registry.ipynb #b3e6c4bd
 def _now() -> str:
+    "The time now in UTC, as the registry records it."
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
-
+# %% ../nbs/03_registry.ipynb #68203608
 @dataclass
 class AliasBook:
     "The aliases of a registry and the history of their moves: `registry.json`."
@@ -335,6 +355,7 @@ def write_package(staging: Path,  # an empty staging folder
 def package_manifest(run: Run,  # the run holding the model
                      name: str,  # the model's folder under models/
                      config: dict,  # its config.json
+                     *,
                      model_file: str,  # its weights or estimator file
                      version: int,  # the version number it gets
                      threshold: float | None = None,  # binary decision threshold
@@ -361,6 +382,67 @@ def version_row(version: int, manifest: dict, aliases: dict[str, int]) -> dict:
             "aliases": ",".join(a for a, v in aliases.items() if v == version),
             "created": manifest.get("created"), "source_run": manifest.get("source_run")}
 
+# %% ../nbs/03_registry.ipynb #e097030a
+@dataclass
+class VersionSources:
+    "The run's files a new version copies, verified: package path → file, with the model's config and file name."
+    config: dict  # the model's config.json
+    model_file: str  # its weights or estimator file, under models/<name>/
+    files: dict[str, Path]
+
+# %% ../nbs/03_registry.ipynb #99c30210
+def package_sources(run: Run,  # the run holding the model
+                    name: str,  # the model's folder under models/
+                   ) -> VersionSources:
+    "The files a version of model `name` copies from `run`, every one checked against its checksum."
+    folder, config = f"models/{check_model_name(name)}", model_config(run, name)
+    model_file = {MODEL_FORMAT: "weights.safetensors", SKLEARN_FORMAT: "model.skops"}.get(config.get("format"))
+    if model_file is None:
+        raise RegistryError(f"{folder}/config.json describes no model format mllifecycle can register")
+    files = [f"{folder}/config.json", f"{folder}/{model_file}", PIPELINE, SCHEMA]
+    files += [path for path in (f"{folder}/history.json", DATASET) if run.exists(path)]
+    return VersionSources(config=config, model_file=model_file, files={p: run.artifact(p) for p in files})
+
+# %% ../nbs/03_registry.ipynb #d5422a72
+def write_version(versions: Path,  # the registry's versions/ folder
+                  version: int,  # the new version's number
+                  sources: dict[str, Path],  # package path → verified file (`package_sources`)
+                  metrics: dict,  # its validation figures
+                  manifest: dict,  # what it is and how to load it (`package_manifest`)
+                 ) -> Path:  # the version's folder
+    "Write a version whole or not at all: a hidden staging folder, filled, then renamed to its number (under the lock)."
+    versions.mkdir(parents=True, exist_ok=True)
+    for stale in versions.glob(".staging-*"):  # left by a crash; no one else holds the registry's lock
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = versions / f".staging-{uuid.uuid4().hex}"
+    staging.mkdir()
+    write_package(staging, sources, metrics, manifest)
+    os.rename(staging, versions / str(version))  # the version appears whole, or not at all
+    return versions / str(version)
+
+# %% ../nbs/03_registry.ipynb #c2c07e6c
+def check_alias(alias: str) -> str:
+    "`alias` when it is lower-case letters, digits, '_' or '-' starting with a letter; else `RegistryError`."
+    if not isinstance(alias, str) or not _ALIAS.match(alias):
+        raise RegistryError(f"alias {alias!r} must be lower-case letters, digits, '_' or '-', starting with a "
+                            "letter (e.g. champion, challenger)")
+    return alias
+
+# %% ../nbs/03_registry.ipynb #e11467dd
+def check_fits(package: Run,  # a version's package
+               schema: Schema,  # the schema of the data it should serve
+              ):
+    "Raise `RegistryError` unless the version in `package` can take rows of `schema` (`schema_differences`)."
+    problems = schema_differences(Schema.from_dict(package.read_json(SCHEMA)), schema)
+    if problems:
+        raise RegistryError(f"version {package.path.name} does not fit the data's schema: " + "; ".join(problems))
+
+# %% ../nbs/03_registry.ipynb #b1aba113
+def version_number(ref: int | str) -> int | None:
+    "The version number `ref` names ('3', 'v3' or 3), or None when it is an alias."
+    text = str(ref).strip()
+    return int(text.lstrip("v")) if re.fullmatch(r"v?\d+", text) else None
+
 # %% ../nbs/03_registry.ipynb #41d3c916
 class RegistryReader:
     "Read a model registry: resolve references, verify and load versions, list them. Needs no lock."
@@ -386,17 +468,15 @@ class RegistryReader:
 
     def resolve(self, ref: int | str) -> int:
         "The version number `ref` names: a number ('3' or 'v3') or an alias ('champion')."
-        text, known = str(ref).strip(), self.versions()
-        if re.fullmatch(r"v?\d+", text):
-            if int(text.lstrip("v")) not in known:
-                raise RegistryError(f"unknown version {int(text.lstrip('v'))} in registry {self.root} "
-                                    f"(versions: {', '.join(map(str, known)) or 'none'})")
-            return int(text.lstrip("v"))
-        aliases = self.state()["aliases"]
-        if text not in aliases:
+        text, number, known = str(ref).strip(), version_number(ref), self.versions()
+        if number is not None and number not in known:
+            raise RegistryError(f"unknown version {number} in registry {self.root} "
+                                f"(versions: {', '.join(map(str, known)) or 'none'})")
+        aliases = {} if number is not None else self.state()["aliases"]
+        if number is None and text not in aliases:
             listed = ", ".join(f"{a} → {v}" for a, v in aliases.items()) or "none"
             raise RegistryError(f"no version has alias {text!r} in registry {self.root} (aliases: {listed})")
-        return int(aliases[text])
+        return number if number is not None else int(aliases[text])
 
     def package(self, ref: int | str) -> Run:
         "A version's folder, as a `Run` whose checksums guard its files."
@@ -447,23 +527,12 @@ class Registry(RegistryReader):
                  notes: dict | None = None,  # anything else for the manifest (e.g. why it was selected)
                 ) -> int:  # the new version number
         "Copy a run's model, feature pipeline and schema into a new immutable version."
-        folder, config = f"models/{check_model_name(name)}", model_config(run, name)
-        model_file = {MODEL_FORMAT: "weights.safetensors", SKLEARN_FORMAT: "model.skops"}.get(config.get("format"))
-        if model_file is None:
-            raise RegistryError(f"{folder}/config.json describes no model format mllifecycle can register")
-        files = [f"{folder}/config.json", f"{folder}/{model_file}", PIPELINE, SCHEMA]
-        files += [path for path in (f"{folder}/history.json", DATASET) if run.exists(path)]
-        sources = {relpath: run.artifact(relpath) for relpath in files}  # verified before anything is copied
+        sources = package_sources(run, name)  # every file verified before anything is copied
         with self._lock():
-            self._versions_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self._versions_dir.glob(".staging-*"):  # left by a crash; no one else holds the lock
-                shutil.rmtree(stale, ignore_errors=True)
             version = max(self.versions(), default=0) + 1
-            staging = self._versions_dir / f".staging-{uuid.uuid4().hex}"
-            staging.mkdir()
-            write_package(staging, sources, metrics or {},
-                          package_manifest(run, name, config, model_file, version, threshold, notes))
-            os.rename(staging, self._versions_dir / str(version))  # the version appears whole, or not at all
+            write_version(self._versions_dir, version, sources.files, metrics or {}, package_manifest(
+                run, name, sources.config, model_file=sources.model_file, version=version, threshold=threshold,
+                notes=notes))
         return version
 
     def mismatch(self, ref: int | str,  # a version
@@ -487,26 +556,18 @@ class Registry(RegistryReader):
                 force: bool = False,  # promote even when it differs from the champion's target, task or schema
                ) -> dict:  # the history entry
         "Point `alias` at a verified version (atomically); refuse a model of another target, task or schema."
-        if not isinstance(alias, str) or not _ALIAS.match(alias):
-            raise RegistryError(f"alias {alias!r} must be lower-case letters, digits, '_' or '-', starting with a "
-                                "letter (e.g. champion, challenger)")
+        check_alias(alias)
         with self._lock():
             version = self.resolve(ref)
             self.verify(version)
             if schema is not None:
-                problems = schema_differences(Schema.from_dict(self.package(version).read_json(SCHEMA)), schema)
-                if problems:
-                    raise RegistryError(f"version {version} does not fit the data's schema: " + "; ".join(problems))
+                check_fits(self.package(version), schema)
             overridden = self.mismatch(version)
             if overridden and not force:
                 raise RegistryError(f"version {version} is a model of other data than the champion (version "
                                     f"{self.resolve('champion')}): " + "; ".join(overridden) + ". Use a registry of "
                                     "its own, or force the promotion (--force) if it should replace the champion")
             return self.aliases.move(alias, version, "promote", reason, forced=overridden)
-
-    def alias_stack(self, alias: str = "champion") -> list[int]:
-        "The versions `alias` has pointed at, oldest first, with rolled-back ones removed: the last is current."
-        return self.aliases.stack(alias)
 
     def rollback(self, alias: str = "champion", reason: str = "") -> dict:
         "Point `alias` back at the version it held before its latest promotion (atomically)."

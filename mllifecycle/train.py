@@ -30,16 +30,17 @@ from .core import (
 from .data import DataError, Features, FeaturePipeline, load_prepared
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULES', 'ACTIVATIONS', 'NORMS', 'METRICS', 'TASK_METRICS', 'CHECKPOINT_FORMAT', 'MIN_BATCH_SIZE',
-           'MIN_EPOCH_STEPS', 'MODEL_FORMAT', 'PIPELINE', 'DEFAULT_SEARCH_SPACE', 'TrainError', 'TrainingInterrupted',
-           'TrainConfig', 'ModelConfig', 'TabularMLP', 'DeviceData', 'task_kind', 'check_features', 'device_data',
-           'make_loss', 'resolve_metric', 'output_scores', 'compute_metric', 'learning_rate', 'save_checkpoint',
-           'load_checkpoint', 'TrainResult', 'distributed', 'init_distributed', 'predict_outputs', 'batch_size_for',
-           'check_fit_inputs', 'training_device', 'training_fingerprint', 'validation_entry', 'fit', 'check_model_name',
-           'plot_history', 'save_model', 'TrainedModel', 'model_config', 'load_model', 'trained_pipeline',
+__all__ = ['OPTIMIZERS', 'SCHEDULES', 'ACTIVATIONS', 'NORMS', 'METRICS', 'TASK_METRICS', 'DEFAULT_EPOCHS', 'CHECKPOINT_FORMAT',
+           'MIN_BATCH_SIZE', 'MIN_EPOCH_STEPS', 'MODEL_FORMAT', 'PIPELINE', 'DEFAULT_SEARCH_SPACE', 'TrainError',
+           'TrainingInterrupted', 'TrainConfig', 'ModelConfig', 'TabularMLP', 'DeviceData', 'task_kind',
+           'check_features', 'device_data', 'make_loss', 'resolve_metric', 'output_scores', 'task_decisions',
+           'compute_metric', 'learning_rate', 'save_checkpoint', 'load_checkpoint', 'TrainResult', 'distributed',
+           'init_distributed', 'make_optimizer', 'predict_outputs', 'batch_size_for', 'check_fit_inputs',
+           'TrainingDevice', 'training_device', 'training_fingerprint', 'validation_entry', 'fit', 'check_model_name',
+           'plot_history', 'save_model', 'model_config', 'trained_pipeline', 'TrainedModel', 'load_model',
            'parse_search_space', 'suggest', 'open_storage', 'open_study', 'trial_objective', 'tune', 'plot_study',
-           'save_study', 'TrainParams', 'set_threads', 'TrainStageResult', 'stage_features', 'tuned_hyperparameters',
-           'train_stage']
+           'save_study', 'TrainParams', 'set_threads', 'TrainStageResult', 'TrainingData', 'stage_features', 'Tuned',
+           'tuned_hyperparameters', 'train_stage']
 
 # %% ../nbs/02_train.ipynb #1b0978ce
 class TrainError(MLLifecycleError):
@@ -60,10 +61,13 @@ TASK_METRICS = {"binary": ("auroc", "accuracy"), "multiclass": ("accuracy",),
                 "regression": ("rmse", "mae", "r2")}  # per task; the first is the default ("auto")
 
 
+DEFAULT_EPOCHS = 6  # a training's epochs unless set: the training stage's, and a retraining's
+
+
 @dataclass
 class TrainConfig:
     "Hyperparameters of the network and its training; with the data and `seed` they determine the weights."
-    epochs: int = 6  # passes over the training split (early stopping may end sooner)
+    epochs: int = DEFAULT_EPOCHS  # passes over the training split (early stopping may end sooner)
     batch_size: int = 512  # rows per optimiser step (the global batch under torchrun)
     lr: float = 3e-3  # peak learning rate
     weight_decay: float = 1e-4  # AdamW decay on weight matrices and embeddings (not on biases or norms)
@@ -214,6 +218,17 @@ def device_data(features: Features, device: str, kind: str, target_scale: dict |
                       categorical=torch.as_tensor(features.categorical, dtype=torch.long, device=device),
                       target=target)
 
+# %% ../nbs/02_train.ipynb #7475285c
+class _OneOutput(nn.Module):
+    "Apply `loss` to the single column of a (rows, 1) output (a (rows,) target must not broadcast against it)."
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, output, target):
+        return self.loss(output[:, 0], target)
+
 # %% ../nbs/02_train.ipynb #41e68226
 def make_loss(kind: str, target: np.ndarray, class_weight: str | None, n_classes: int, device: str) -> nn.Module:
     "The training loss for `kind`, class-weighted from the training target when asked."
@@ -227,18 +242,6 @@ def make_loss(kind: str, target: np.ndarray, class_weight: str | None, n_classes
     if kind == "binary":
         return _OneOutput(nn.BCEWithLogitsLoss(pos_weight=None if weight is None else weight[1] / weight[0]))
     return nn.CrossEntropyLoss(weight=weight)
-
-
-class _OneOutput(nn.Module):
-    "Apply `loss` to the single column of a (rows, 1) output (a (rows,) target must not broadcast against it)."
-
-    def __init__(self, loss: nn.Module):
-        super().__init__()
-        self.loss = loss
-
-    def forward(self, output, target):
-        return self.loss(output[:, 0], target)
-
 
 # %% ../nbs/02_train.ipynb #a9ded4dd
 def resolve_metric(metric: str,  # a metric name, or "auto"
@@ -254,7 +257,6 @@ def resolve_metric(metric: str,  # a metric name, or "auto"
         raise ParamError(f"{name} {metric!r} does not apply to {kind} targets; use one of {allowed}")
     return metric
 
-
 # %% ../nbs/02_train.ipynb #db0d70de
 def output_scores(outputs: torch.Tensor, kind: str, target_scale: dict | None = None) -> torch.Tensor:
     "Model outputs → P(class 1) (binary), class probabilities (multi-class) or values in the target's units."
@@ -265,12 +267,23 @@ def output_scores(outputs: torch.Tensor, kind: str, target_scale: dict | None = 
         return torch.softmax(outputs, dim=1)
     return outputs[:, 0] * target_scale["std"] + target_scale["mean"]
 
+# %% ../nbs/02_train.ipynb #5a393d54
+def task_decisions(kind: str,  # "binary", "multiclass" or "regression"
+                   scores,  # P(class 1) (binary), class probabilities (multi-class) or values (regression)
+                   threshold: float = 0.5,  # binary: decide class 1 when P(class 1) ≥ threshold
+                  ) -> np.ndarray:  # class index per row (int64), or the values (float64) for regression
+    "The decision rule: scores → the class index each row is given (or the value, for regression)."
+    scores = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    if kind == "regression":
+        return scores.astype("float64")
+    if kind == "binary":
+        return (scores >= threshold).astype(np.int64)
+    return scores.argmax(axis=1).astype(np.int64)
 
 # %% ../nbs/02_train.ipynb #ae62c7df
-def compute_metric(metric: str, kind: str, outputs: torch.Tensor, target: torch.Tensor, loss_fn: nn.Module,
+def compute_metric(metric: str, kind: str, outputs: torch.Tensor, target: torch.Tensor, *, loss_fn: nn.Module,
                    target_scale: dict | None = None) -> float:
     "One validation metric from raw outputs and the encoded target."
-    from torchmetrics.functional import accuracy
     from torchmetrics.functional.classification import binary_auroc
 
     outputs = outputs.float()
@@ -279,14 +292,12 @@ def compute_metric(metric: str, kind: str, outputs: torch.Tensor, target: torch.
     if metric == "auroc":
         return float(binary_auroc(torch.sigmoid(outputs[:, 0]), target.long()))
     if metric == "accuracy":
-        if kind == "binary":
-            return float(((outputs[:, 0] > 0).float() == target).float().mean())
-        return float(accuracy(outputs.argmax(1), target, task="multiclass", num_classes=outputs.shape[1]))
+        decided = torch.as_tensor(task_decisions(kind, output_scores(outputs, kind)), device=target.device)
+        return float((decided == target.long()).float().mean())
     error = (outputs[:, 0] - target) * target_scale["std"]
     if metric == "r2":  # the standardised target's variance, in the same units as the error
         return float(1 - error.square().mean() / (target.var(unbiased=False) * target_scale["std"] ** 2))
     return float(error.abs().mean() if metric == "mae" else error.square().mean().sqrt())
-
 
 # %% ../nbs/02_train.ipynb #e3b87f60
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -298,7 +309,6 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
         return config.lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
-
 
 # %% ../nbs/02_train.ipynb #4672e9d2
 CHECKPOINT_FORMAT = "mllifecycle.checkpoint/1"
@@ -333,8 +343,9 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ArtifactError(f"checkpoint {path} does not match its checksum (corrupted or modified); {hint}")
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
-
+# %% ../nbs/02_train.ipynb #f88588a7
 def _fingerprint_diff(saved: dict, current: dict) -> list[str]:
+    "What changed between two training fingerprints, one 'key: old → new' line each."
     keys = sorted(set(saved) | set(current))
     return [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
@@ -416,7 +427,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 1) % (2**63 - 1)
 
 # %% ../nbs/02_train.ipynb #3d943316
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     "The optimiser, with weight decay on matrices and embeddings only; Adam(W) fused into one kernel where it can be."
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -463,7 +474,6 @@ def batch_size_for(n_rows: int,  # training rows (per process)
     while batch // 2 >= MIN_BATCH_SIZE and math.ceil(n_rows / batch) < MIN_EPOCH_STEPS:
         batch //= 2
     return batch
-
 
 # %% ../nbs/02_train.ipynb #bc77bafa
 @dataclass
@@ -537,7 +547,7 @@ def _resume(checkpoint: Path, fingerprint: dict, model: nn.Module, optimizer) ->
     return _Progress(**state["progress"])
 
 # %% ../nbs/02_train.ipynb #89e05cd5
-def _train_epoch(network: nn.Module, optimizer, loss_fn: nn.Module, config: TrainConfig, data: DeviceData,
+def _train_epoch(network: nn.Module, optimizer, loss_fn: nn.Module, *, config: TrainConfig, data: DeviceData,
                  plan: _Plan, epoch: int, amp: bool, stop: _StopOnSignal) -> tuple[torch.Tensor, float]:
     "One epoch: this process's share of the epoch's permutation(s); returns (summed loss on the device, last lr)."
     rank, world = distributed()
@@ -598,18 +608,27 @@ def check_fit_inputs(train: Features, valid: Features,  # the two splits' featur
     return metric
 
 # %% ../nbs/02_train.ipynb #8d5baf86
+@dataclass
+class TrainingDevice:
+    "Where this process trains: its device, whether it autocasts, and its place among torchrun's processes."
+    device: str
+    amp: bool
+    rank: int = 0
+    world: int = 1
+
+# %% ../nbs/02_train.ipynb #b524b796
 def training_device(device: str = "auto",  # "auto", "cpu", "cuda", "cuda:N" or "mps"
                     amp: str | bool = "auto",  # bf16 autocast: "auto" → on CUDA only
-                   ) -> tuple[str, bool, int, int]:  # device, amp, rank, world size
+                   ) -> TrainingDevice:
     "Choose the device (joining torchrun's process group when there is one) and whether to autocast."
     device = init_distributed(choose_device(device))
     rank, world = distributed()
     amp = device.startswith("cuda") if amp == "auto" else bool(amp)
     if amp and not device.startswith("cuda"):
         raise ParamError("amp (bf16 autocast) is for CUDA devices; use amp='auto' or False on this device")
-    return device, amp, rank, world
+    return TrainingDevice(device=device, amp=amp, rank=rank, world=world)
 
-
+# %% ../nbs/02_train.ipynb #0f6af297
 def _data_parallel(model: nn.Module, device: str) -> nn.Module:
     "`model` wrapped for DistributedDataParallel training (under torchrun)."
     from torch.nn.parallel import DistributedDataParallel
@@ -617,7 +636,7 @@ def _data_parallel(model: nn.Module, device: str) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[torch.device(device)] if device.startswith("cuda") else None)
 
 # %% ../nbs/02_train.ipynb #87ca95d5
-def training_fingerprint(config: TrainConfig, model_config: ModelConfig, kind: str, classes: list | None,
+def training_fingerprint(config: TrainConfig, model_config: ModelConfig, *, kind: str, classes: list | None,
                          metric: str, train: Features, valid: Features, device: str, amp: bool, world: int) -> dict:
     "What a checkpoint must have been made with to be resumed: settings, architecture, data hash, device, world."
     unchecked = ("patience",) if config.schedule != "constant" else ("patience", "epochs")  # epochs set the lr
@@ -628,11 +647,11 @@ def training_fingerprint(config: TrainConfig, model_config: ModelConfig, kind: s
             "device": device.split(":")[0], "amp": amp, "world_size": world}
 
 # %% ../nbs/02_train.ipynb #1de90141
-def validation_entry(model: nn.Module, valid: DeviceData, metric: str, kind: str, loss_fn: nn.Module,
+def validation_entry(model: nn.Module, valid: DeviceData, *, metric: str, kind: str, loss_fn: nn.Module,
                      target_scale: dict | None, amp: bool) -> tuple[float, dict]:
     "The validation metric of `model` and the epoch's history entry (validation loss and metric)."
     outputs = predict_outputs(model, valid, amp=amp)
-    value = compute_metric(metric, kind, outputs, valid.target, loss_fn, target_scale)
+    value = compute_metric(metric, kind, outputs, valid.target, loss_fn=loss_fn, target_scale=target_scale)
     return value, {"valid_loss": float(loss_fn(outputs, valid.target)), metric: value}
 
 # %% ../nbs/02_train.ipynb #7eb12cab
@@ -640,6 +659,7 @@ def fit(train: Features,  # training features with their target
         valid: Features,  # validation features with their target (early stopping, best epoch)
         config: TrainConfig | None = None,  # hyperparameters
         classes: list | None = None,  # the classes (from the feature pipeline); None → regression
+        *,
         device: str = "auto",  # "auto" picks CUDA when available
         amp: str | bool = "auto",  # bf16 autocast: "auto" → on CUDA only; True / False force it
         checkpoint: str | Path | None = None,  # write a checkpoint here after every epoch (None: no checkpoints)
@@ -654,7 +674,8 @@ def fit(train: Features,  # training features with their target
     config, started, kind = config or TrainConfig(), time.perf_counter(), task_kind(classes)
     model_config = ModelConfig.build(train, len(classes) if kind == "multiclass" else 1, config)
     metric = check_fit_inputs(train, valid, model_config, config.metric, kind)
-    device, amp, rank, world = training_device(device, amp)
+    where = training_device(device, amp)
+    device, amp, rank, world = where.device, where.amp, where.rank, where.world
     target_scale = {"mean": float(np.mean(train.target)), "std": float(np.std(train.target)) or 1.0} \
         if kind == "regression" else None
     train_data, valid_data = (device_data(f, device, kind, target_scale) for f in (train, valid))
@@ -662,10 +683,11 @@ def fit(train: Features,  # training features with their target
     plan = _plan(len(train_data), config, world)
     torch.manual_seed(config.seed)
     model = TabularMLP(model_config).to(device)
-    optimizer = _make_optimizer(model, config)
+    optimizer = make_optimizer(model, config)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     fingerprint = None if checkpoint is None else training_fingerprint(  # hashes the data: only when compared
-        config, model_config, kind, classes, metric, train, valid, device, amp, world)
+        config, model_config, kind=kind, classes=classes, metric=metric, train=train, valid=valid, device=device,
+        amp=amp, world=world)
     resuming = checkpoint is not None and resume and checkpoint.exists()
     state = _resume(checkpoint, fingerprint, model, optimizer) if resuming else _Progress()
     resumed_from = state.epoch if resuming else None  # a finished run (all epochs, or early-stopped) trains no more
@@ -677,13 +699,15 @@ def fit(train: Features,  # training features with their target
             if state.bad_epochs >= config.patience:
                 break
             epoch_started = time.perf_counter()
-            loss_sum, lr = _train_epoch(network, optimizer, loss_fn, config, train_data, plan, epoch, amp, stop)
+            loss_sum, lr = _train_epoch(network, optimizer, loss_fn, config=config, data=train_data, plan=plan,
+                                        epoch=epoch, amp=amp, stop=stop)
             _sync_replicas(model, loss_sum)
             train_loss, train_seconds = float(loss_sum) / (plan.rows_seen * world), time.perf_counter() - epoch_started
             if not math.isfinite(train_loss):
                 raise TrainError(f"training diverged: the loss is {train_loss} in epoch {epoch + 1}; "
                                  "lower the learning rate or keep gradient clipping on")
-            value, scores = validation_entry(model, valid_data, metric, kind, loss_fn, target_scale, amp)
+            value, scores = validation_entry(model, valid_data, metric=metric, kind=kind, loss_fn=loss_fn,
+                                             target_scale=target_scale, amp=amp)
             state.update(value, METRICS[metric], model, {
                 "epoch": epoch + 1, "train_loss": train_loss, **scores, "lr": lr,
                 "seconds": round(time.perf_counter() - epoch_started, 4),
@@ -767,6 +791,28 @@ def save_model(run: Run,  # the run directory
     save_figure(run, f"{folder}/plots/learning_curves.png", figure)
     return run.file(folder)
 
+# %% ../nbs/02_train.ipynb #9e8dabaf
+def model_config(run: Run, name: str) -> dict:
+    "The checksum-verified config.json of models/<name>/, or `ArtifactError` when the run has no such model."
+    relpath = f"models/{check_model_name(name)}/config.json"
+    if not run.exists(relpath):
+        raise ArtifactError(f"{run.path} has no model {name!r} (no {relpath}); train it first")
+    return run.read_json(relpath)
+
+# %% ../nbs/02_train.ipynb #aedc5dbc
+def trained_pipeline(run: Run,  # the run (or registry package) holding the model
+                     config: dict,  # the model's config.json
+                     name: str,  # the model's name, for messages
+                    ) -> FeaturePipeline | None:  # None when the model was saved without one
+    "The feature pipeline a model was trained on, refused if it changed since (checksum in the model's config)."
+    recorded = config.get("features", {}).get("sha256")
+    if recorded is None or not run.exists(PIPELINE):
+        return None
+    if run.checksum(PIPELINE) != recorded:
+        raise ArtifactError(f"the run's {PIPELINE} changed after model {name!r} was trained (the data "
+                            "stage ran again with other settings?): retrain the model on the new features")
+    return FeaturePipeline.load(run.file(PIPELINE))  # just verified
+
 # %% ../nbs/02_train.ipynb #d9cc15e7
 @dataclass
 class TrainedModel:
@@ -792,14 +838,6 @@ class TrainedModel:
         data = device_data(replace(features, target=None), self.device, self.kind)
         outputs = predict_outputs(self.model, data)
         return output_scores(outputs, self.kind, self.config["target_scale"]).cpu().numpy()
-
-# %% ../nbs/02_train.ipynb #9e8dabaf
-def model_config(run: Run, name: str) -> dict:
-    "The checksum-verified config.json of models/<name>/, or `ArtifactError` when the run has no such model."
-    relpath = f"models/{check_model_name(name)}/config.json"
-    if not run.exists(relpath):
-        raise ArtifactError(f"{run.path} has no model {name!r} (no {relpath}); train it first")
-    return run.read_json(relpath)
 
 # %% ../nbs/02_train.ipynb #f82d022b
 def load_model(run: Run,  # the run directory
@@ -827,20 +865,6 @@ def load_model(run: Run,  # the run directory
                             f"{str(e).splitlines()[0]}") from None
     return TrainedModel(model=model.to(device).eval(), config=config, device=device,
                         pipeline=trained_pipeline(run, config, name))
-
-# %% ../nbs/02_train.ipynb #aedc5dbc
-def trained_pipeline(run: Run,  # the run (or registry package) holding the model
-                     config: dict,  # the model's config.json
-                     name: str,  # the model's name, for messages
-                    ) -> FeaturePipeline | None:  # None when the model was saved without one
-    "The feature pipeline a model was trained on, refused if it changed since (checksum in the model's config)."
-    recorded = config.get("features", {}).get("sha256")
-    if recorded is None or not run.exists(PIPELINE):
-        return None
-    if run.checksum(PIPELINE) != recorded:
-        raise ArtifactError(f"the run's {PIPELINE} changed after model {name!r} was trained (the data "
-                            "stage ran again with other settings?): retrain the model on the new features")
-    return FeaturePipeline.load(run.file(PIPELINE))  # just verified
 
 # %% ../nbs/02_train.ipynb #2bb98a8d
 DEFAULT_SEARCH_SPACE = {
@@ -884,6 +908,14 @@ def parse_search_space(overrides: dict | None = None) -> tuple[dict, dict]:
             fixed[name] = spec
     return space, fixed
 
+# %% ../nbs/02_train.ipynb #7df17997
+def _import_optuna():
+    "Import Optuna without tqdm's warning about missing Jupyter widgets (Optuna imports tqdm.auto)."
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import optuna
+    return optuna
+
 # %% ../nbs/02_train.ipynb #78382af5
 def suggest(trial, space: dict, base: TrainConfig) -> TrainConfig:
     "The trial's hyperparameters: `base` with every searched one drawn by the trial's sampler."
@@ -897,15 +929,7 @@ def suggest(trial, space: dict, base: TrainConfig) -> TrainConfig:
             values[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
     return replace(base, **values)
 
-# %% ../nbs/02_train.ipynb #7df17997
-def _import_optuna():
-    "Import Optuna without tqdm's warning about missing Jupyter widgets (Optuna imports tqdm.auto)."
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="IProgress not found")
-        import optuna
-    return optuna
-
-
+# %% ../nbs/02_train.ipynb #d3854d95
 def open_storage(storage: str | None, run: Run | None = None):
     "An Optuna storage: None → tuning/journal.log in the run; a URL (with '://') → an RDB; else a journal file path."
     optuna = _import_optuna()
@@ -926,6 +950,7 @@ def open_storage(storage: str | None, run: Run | None = None):
 
 # %% ../nbs/02_train.ipynb #b86bb417
 def open_study(storage: str | None, run: Run | None, study_name: str, metric: str,
+               *,
                seed: int = 0,  # the sampler's seed, offset by the worker's number
                worker: int = 0,  # this worker's number
                n_startup_trials: int = 5,  # trials before the median pruner starts pruning
@@ -944,7 +969,7 @@ def open_study(storage: str | None, run: Run | None, study_name: str, metric: st
     return study
 
 # %% ../nbs/02_train.ipynb #6934f59c
-def trial_objective(train: Features, valid: Features, searched: dict, base: TrainConfig, classes: list | None,
+def trial_objective(train: Features, valid: Features, *, searched: dict, base: TrainConfig, classes: list | None,
                     device: str, amp: str | bool) -> Callable:
     "Optuna's objective: train with the trial's hyperparameters, report every epoch, return the best metric."
     optuna, identity = _import_optuna(), f"{socket.gethostname()}:{os.getpid()}"
@@ -968,6 +993,7 @@ def trial_objective(train: Features, valid: Features, searched: dict, base: Trai
 def tune(train: Features, valid: Features,  # training and validation features with targets
          base: TrainConfig | None = None,  # hyperparameters not searched (and epochs, patience, metric, seed)
          classes: list | None = None,  # the classes; None → regression
+         *,
          space: dict | None = None,  # override the search space (see `parse_search_space`)
          n_trials: int = 20,  # finished trials the study should have (over all workers)
          timeout: float | None = None,  # stop starting trials after this many seconds
@@ -988,11 +1014,14 @@ def tune(train: Features, valid: Features,  # training and validation features w
     searched, fixed = parse_search_space(space)
     base = replace(base or TrainConfig(), **fixed)
     metric = resolve_metric(base.metric, task_kind(classes))
-    study = open_study(storage, run, study_name, metric, base.seed, worker, n_startup_trials)
+    study = open_study(storage, run, study_name, metric, seed=base.seed, worker=worker,
+                       n_startup_trials=n_startup_trials)
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     remaining = n_trials - len(study.get_trials(deepcopy=False, states=finished))
     if remaining > 0:
-        study.optimize(trial_objective(train, valid, searched, base, classes, device, amp), n_trials=remaining,
+        objective = trial_objective(train, valid, searched=searched, base=base, classes=classes, device=device,
+                                    amp=amp)
+        study.optimize(objective, n_trials=remaining,
                        timeout=timeout, catch=(TrainError,), callbacks=[MaxTrialsCallback(n_trials, states=finished)])
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise TrainError(f"no trial of study {study_name!r} completed; widen the search space or check the data")
@@ -1098,37 +1127,49 @@ class TrainStageResult:
     study: Any  # the Optuna study, or None without tuning
     hyperparameters: TrainConfig  # what the final model was trained with
 
+# %% ../nbs/02_train.ipynb #e159e431
+@dataclass
+class TrainingData:
+    "The run's training and validation features, and the classes (None for regression)."
+    train: Features
+    valid: Features
+    classes: list | None
+
 # %% ../nbs/02_train.ipynb #4b1a7609
-def stage_features(run: Run, rank: int = 0) -> tuple[Features, Features, list | None]:
-    "The run's training and validation features and its classes (None for regression)."
-    if rank == 0:
-        prepared = load_prepared(run)  # prepares the default sample when the run has no data yet
-    _barrier()
-    if rank != 0:
-        prepared = load_prepared(run, prepare_if_missing=False)
+def stage_features(run: Run) -> TrainingData:
+    "The run's training and validation features, from the data stage's splits and feature pipeline."
+    prepared = load_prepared(run)  # a run the data stage has not prepared: a DataError naming that stage
     pipeline = prepared.pipeline
     if prepared.schema.target != pipeline.target:
         raise DataError(f"the feature pipeline encodes target {pipeline.target!r}, the data's is "
                         f"{prepared.schema.target!r}: features/pipeline.json does not belong to this data")
     classes = pipeline.classes_ if pipeline.task == "classification" else None
-    return pipeline.transform(prepared.splits["train"]), pipeline.transform(prepared.splits["valid"]), classes
+    return TrainingData(train=pipeline.transform(prepared.splits["train"]),
+                        valid=pipeline.transform(prepared.splits["valid"]), classes=classes)
+
+# %% ../nbs/02_train.ipynb #6735b627
+@dataclass
+class Tuned:
+    "What a search found: the hyperparameters to train with, the study, and its facts for the model's config.json."
+    hyperparameters: TrainConfig
+    study: Any
+    facts: dict
 
 # %% ../nbs/02_train.ipynb #18eb0b04
-def tuned_hyperparameters(params: TrainParams, run: Run, train: Features, valid: Features, classes: list | None,
-                          device: str):
-    "Run the search; return (the best hyperparameters, the study, the tuning facts for config.json)."
-    study = tune(train, valid, params.hyperparameters, classes=classes, space=params.search_space,
+def tuned_hyperparameters(params: TrainParams, run: Run, data: TrainingData, device: str) -> Tuned:
+    "Run the stage's search and save the study; the best hyperparameters (the search space's fixed values win)."
+    study = tune(data.train, data.valid, params.hyperparameters, classes=data.classes, space=params.search_space,
                  n_trials=params.n_trials, timeout=params.timeout, storage=params.storage,
                  study_name=params.study_name, run=run, device=device, amp=params.amp, worker=params.tune_worker)
     best = save_study(run, study)
     _, fixed = parse_search_space(params.search_space)
-    hyperparameters = replace(params.hyperparameters, **{**study.best_params, **fixed})  # a fixed value wins
-    return hyperparameters, study, {"study_name": study.study_name, "best_trial": best["best_trial"],
-                                    "best_value": best["best_value"], "trials": best["trials"]}
+    return Tuned(hyperparameters=replace(params.hyperparameters, **{**study.best_params, **fixed}), study=study,
+                 facts={"study_name": study.study_name, "best_trial": best["best_trial"],
+                        "best_value": best["best_value"], "trials": best["trials"]})
 
 # %% ../nbs/02_train.ipynb #10fbeab1
 def train_stage(params: TrainParams | None = None) -> TrainStageResult:
-    "Run the training stage: prepare or load data, tune (optional), train, and write models/<name>/ and tuning/."
+    "Run the training stage on the data stage's output: tune (optional), train, write models/<name>/ and tuning/."
     params = params or TrainParams()
     set_threads(params.num_threads)
     device = choose_device(params.device)
@@ -1139,14 +1180,14 @@ def train_stage(params: TrainParams | None = None) -> TrainStageResult:
     device = init_distributed(device) if world > 1 else device
     run = open_run(params.run_dir, stage="train" if rank == 0 else None, params=asdict(params), seed=params.seed,
                    torch=True)
-    train, valid, classes = stage_features(run, rank)
-    hyperparameters, study, extra = params.hyperparameters, None, {}
-    if params.n_trials:
-        hyperparameters, study, extra["tuning"] = tuned_hyperparameters(params, run, train, valid, classes, device)
+    data = stage_features(run)
+    tuned = tuned_hyperparameters(params, run, data, device) if params.n_trials else None
+    hyperparameters = tuned.hyperparameters if tuned else params.hyperparameters
+    study, extra = (tuned.study, {"tuning": tuned.facts}) if tuned else (None, {})
     if not params.train_final:
         return TrainStageResult(run=run, result=None, study=study, hyperparameters=hyperparameters)
     name = params.model_name
-    result = fit(train, valid, hyperparameters, classes=classes, device=device, amp=params.amp,
+    result = fit(data.train, data.valid, hyperparameters, classes=data.classes, device=device, amp=params.amp,
                  checkpoint=run.file(f"models/{name}/checkpoint.pt"), resume=params.resume,
                  progress=params.progress, desc=f"train {name}")
     if rank == 0:

@@ -5,6 +5,8 @@
 # %% ../nbs/03_validate.ipynb #303672d4
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import time
 import warnings
@@ -18,28 +20,33 @@ import torch
 
 from .core import (
     ArtifactError, MLLifecycleError, ParamError, Run, check_choice, check_integer, check_number, check_seed,
-    choose_device, open_run, save_figure)
+    choose_device, missing_stage, open_run, save_figure)
 from .data import DataError, FeaturePipeline, Features, Schema, load_prepared
 from mllifecycle.registry import (
     Predictions, Predictor, Registry, RegistryError, categorical_mask, features_matrix, load_predictor, save_sklearn_model,
     sklearn_scores)
 from mllifecycle.train import (
-    TrainConfig, TrainParams, TrainedModel, METRICS, fit, resolve_metric, set_threads, model_config, save_model, task_kind,
-    train_stage)
+    METRICS, TrainConfig, TrainedModel, fit, model_config, resolve_metric, save_model, set_threads, task_decisions,
+    task_kind)
 
 # %% auto #0
-__all__ = ['ECE_BINS', 'THRESHOLD_RULES', 'CV_METHODS', 'CANDIDATES', 'LATENCY_BATCH_ROWS', 'PROMOTE_MODES', 'ValidationError',
-           'classification_metrics', 'regression_metrics', 'evaluate', 'trivial_scores', 'f1_curve', 'choose_threshold',
-           'slice_metrics', 'paired_bootstrap', 'point_metric', 'mcnemar', 'compare_models', 'cv_splits', 'Candidate',
-           'make_estimator', 'fit_candidate', 'OutOfFold', 'fold_scores', 'cv_summary', 'cross_validate',
-           'SelectionPolicy', 'generalisation_gap', 'broken_limits', 'rank_candidates', 'loss_reason', 'win_reason',
-           'select_model', 'plot_roc', 'plot_precision_recall', 'reliability', 'plot_reliability', 'plot_threshold',
-           'plot_confusion', 'plot_residuals', 'plot_slices', 'plot_comparison', 'measure_latency', 'ValidateParams',
-           'ValidateStageResult', 'reported_figure', 'check_package', 'validate_stage']
+__all__ = ['ECE_BINS', 'THRESHOLD_RULES', 'N_BOOTSTRAP', 'CONFIDENCE', 'CV_METHODS', 'CANDIDATES', 'CANDIDATE_EPOCHS',
+           'LATENCY_BATCH_ROWS', 'PROMOTE_MODES', 'ValidationError', 'classification_metrics', 'regression_metrics',
+           'evaluate', 'trivial_scores', 'f1_curve', 'choose_threshold', 'slice_metrics', 'per_row_metric',
+           'paired_bootstrap', 'point_metric', 'mcnemar', 'compare_models', 'cv_splits', 'Candidate', 'make_estimator',
+           'fit_candidate', 'OutOfFold', 'fold_scores', 'cv_summary', 'cross_validate', 'SelectionPolicy',
+           'generalisation_gap', 'broken_limits', 'rank_candidates', 'loss_reason', 'win_reason', 'select_model',
+           'no_eligible_message', 'plot_roc', 'plot_precision_recall', 'reliability', 'plot_reliability',
+           'plot_threshold', 'plot_confusion', 'plot_residuals', 'plot_slices', 'plot_comparison', 'one_math_thread',
+           'cpu_seconds', 'measure_latency', 'ValidateParams', 'ValidateStageResult', 'ValidationInputs',
+           'validation_inputs', 'train_baselines', 'ScoredCandidates', 'score_candidates', 'stage_cross_validation',
+           'ChoosingRows', 'choosing_rows', 'primary_value', 'comparison_table', 'add_cv_columns', 'reported_figure',
+           'selection_record', 'winner_slices', 'metrics_record', 'check_package', 'champion_value', 'decide_promotion',
+           'register_winner', 'stage_figures', 'validate_stage']
 
 # %% ../nbs/03_validate.ipynb #e1e84791
 class ValidationError(MLLifecycleError):
-    "Metrics, comparison or selection cannot be computed from what they were given."
+    "Metrics, comparison or selection cannot be computed from what they were given, or no candidate is eligible."
 
 # %% ../nbs/03_validate.ipynb #2a0a29d0
 ECE_BINS = 15
@@ -54,20 +61,22 @@ def _check_scores(target: np.ndarray, scores: np.ndarray, split: str):
         raise ValidationError(f"the model's outputs on the {split} split have NaN or infinite values")
 
 # %% ../nbs/03_validate.ipynb #de0b9bd3
-def _binary_summary(p: torch.Tensor, y: torch.Tensor, threshold: float, single_class: bool) -> dict:
-    "The binary figures: accuracy, precision, recall, F1 at `threshold`; AUROC and AP (NaN for one class); ECE."
+def _binary_summary(p: torch.Tensor, decided: torch.Tensor, y: torch.Tensor, threshold: float,
+                    single_class: bool) -> dict:
+    "The binary figures: accuracy, precision, recall, F1 of the decisions; AUROC and AP (NaN for one class); ECE."
     import torchmetrics.functional.classification as tmc
 
-    return {"accuracy": tmc.binary_accuracy(p, y, threshold=threshold),
-            "precision": tmc.binary_precision(p, y, threshold=threshold),
-            "recall": tmc.binary_recall(p, y, threshold=threshold),
-            "f1": tmc.binary_f1_score(p, y, threshold=threshold),
+    hard = decided.float()  # 0/1: the decision rule at the threshold (P ≥ threshold), as the model will be served
+    return {"accuracy": tmc.binary_accuracy(hard, y, threshold=0.5),
+            "precision": tmc.binary_precision(hard, y, threshold=0.5),
+            "recall": tmc.binary_recall(hard, y, threshold=0.5),
+            "f1": tmc.binary_f1_score(hard, y, threshold=0.5),
             "auroc": math.nan if single_class else tmc.binary_auroc(p, y),
             "average_precision": math.nan if single_class else tmc.binary_average_precision(p, y),
             "ece": tmc.binary_calibration_error(p, y, n_bins=ECE_BINS),
             "threshold": threshold, "positive_share": y.float().mean()}
 
-
+# %% ../nbs/03_validate.ipynb #1050ad7e
 def _multiclass_summary(p: torch.Tensor, y: torch.Tensor, k: int, missing: bool) -> dict:
     "The multi-class figures: micro accuracy; macro precision, recall, F1, AUROC and AP (NaN when a class is absent); ECE."
     import torchmetrics.functional.classification as tmc
@@ -106,12 +115,10 @@ def classification_metrics(target: np.ndarray,  # class index per row
     y = torch.as_tensor(np.asarray(target), dtype=torch.long)
     p = torch.as_tensor(np.asarray(scores), dtype=torch.float32)
     k, present, notes = len(classes), len(np.unique(target)), []
+    hard = torch.as_tensor(task_decisions("binary" if k == 2 else "multiclass", scores, threshold))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchmetrics warns about absent classes; `notes` says it instead
-        if k == 2:
-            out, hard = _binary_summary(p, y, threshold, present < 2), (p >= threshold).long()
-        else:
-            out, hard = _multiclass_summary(p, y, k, present < k), p.argmax(1)
+        out = _binary_summary(p, hard, y, threshold, present < 2) if k == 2 else _multiclass_summary(p, y, k, present < k)
         per_class, confusion = _per_class(hard, y, classes)
     if present < k:
         notes.append("auroc and average_precision are undefined (NaN): the split holds a single class" if k == 2 else
@@ -142,7 +149,7 @@ def regression_metrics(target: np.ndarray,  # true values
             "rows": len(y), "notes": notes}
 
 # %% ../nbs/03_validate.ipynb #0f411a59
-def evaluate(target: np.ndarray, scores: np.ndarray, kind: str, classes: list | None = None,
+def evaluate(target: np.ndarray, scores: np.ndarray, kind: str, classes: list | None = None, *,
              threshold: float = 0.5, split: str = "test") -> dict:
     "The metrics of `kind` for one split."
     if kind == "regression":
@@ -208,6 +215,7 @@ def choose_threshold(target: np.ndarray,  # class index (0/1) per validation row
 def slice_metrics(frame: pd.DataFrame,  # the raw rows (for the categorical columns' values)
                   target: np.ndarray,  # encoded target per row
                   scores: np.ndarray,  # the model's scores per row
+                  *,
                   kind: str,  # "binary", "multiclass" or "regression"
                   classes: list | None,
                   columns: list[str],  # categorical columns to slice by
@@ -224,20 +232,29 @@ def slice_metrics(frame: pd.DataFrame,  # the raw rows (for the categorical colu
         counts = np.bincount(codes, minlength=len(values))
         for j in np.flatnonzero(counts >= min_rows):
             index = np.flatnonzero(codes == j)
-            m = evaluate(target[index], scores[index], kind, classes, threshold, split=f"{column}={values[j]}")
+            m = evaluate(target[index], scores[index], kind, classes, threshold=threshold,
+                         split=f"{column}={values[j]}")
             rows.append({"column": column, "value": values[j], "rows": len(index), **{k: m[k] for k in keep}})
     table = pd.DataFrame(rows, columns=["column", "value", "rows", *keep])
     ascending = METRICS[metric] == "maximize"
     return table.sort_values(metric, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 
 # %% ../nbs/03_validate.ipynb #f74b0185
-def _per_row(metric: str, kind: str, target: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    "The per-row quantity a metric averages over (the scores themselves for AUROC)."
+N_BOOTSTRAP = 1000  # paired bootstrap resamples of the validation stage's comparisons and reported figures
+CONFIDENCE = 0.95  # of its intervals
+
+
+def per_row_metric(metric: str,  # "auroc", "accuracy", "rmse", "mae" or "r2"
+                   kind: str,  # "binary", "multiclass" or "regression"
+                   target: np.ndarray,  # the encoded target of the rows
+                   scores: np.ndarray,  # a model's scores on them
+                   threshold: float = 0.5,  # binary: the model's decision threshold
+                  ) -> np.ndarray:  # float64, one value per row
+    "The per-row quantity a metric averages over: the scores (AUROC, R²), a hit (accuracy), an error (MAE, RMSE)."
     if metric == "auroc":
         return np.asarray(scores, dtype="float64")
     if metric == "accuracy":
-        decided = (scores >= threshold).astype(int) if kind == "binary" else np.asarray(scores).argmax(axis=1)
-        return (decided == target).astype("float64")
+        return (task_decisions(kind, scores, threshold) == target).astype("float64")
     error = np.asarray(scores, dtype="float64") - target
     return np.abs(error) if metric == "mae" else error * error if metric == "rmse" else np.asarray(scores, "float64")
 
@@ -251,7 +268,7 @@ def _score_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # %% ../nbs/03_validate.ipynb #5117591e
 def _resampled(metric: str,  # "auroc", "accuracy", "rmse", "mae" or "r2"
                target: np.ndarray,  # (rows,) encoded target
-               values: np.ndarray,  # (rows,) `_per_row` values of one model
+               values: np.ndarray,  # (rows,) `per_row_metric` values of one model
                counts: np.ndarray,  # (resamples, rows): how often each row appears in each resample
                score_order: tuple | None = None,  # auroc: `_score_order(values)`, when already computed
               ) -> np.ndarray:  # (resamples,)
@@ -278,8 +295,8 @@ def _resampled(metric: str,  # "auroc", "accuracy", "rmse", "mae" or "r2"
 # %% ../nbs/03_validate.ipynb #b0c1cf36
 def paired_bootstrap(metric: str,  # "auroc", "accuracy", "rmse", "mae" or "r2"
                      target: np.ndarray,  # encoded target per test row
-                     per_row: dict[str, np.ndarray],  # model → `_per_row` values on the same rows
-                     n_bootstrap: int = 1000,
+                     per_row: dict[str, np.ndarray],  # model → `per_row_metric` values on the same rows
+                     n_bootstrap: int = N_BOOTSTRAP,
                      seed: int = 0,
                     ) -> dict[str, np.ndarray]:  # model → the metric on each resample
     "Every model's metric on the same `n_bootstrap` resamples of the rows."
@@ -320,16 +337,17 @@ def compare_models(target: np.ndarray,  # encoded target of the test rows
                    scores: dict[str, np.ndarray],  # model → its scores on those rows
                    kind: str,  # "binary", "multiclass" or "regression"
                    metric: str,  # the primary metric
+                   *,
                    thresholds: dict[str, float] | None = None,  # binary models' decision thresholds
-                   n_bootstrap: int = 1000,
-                   confidence: float = 0.95,
+                   n_bootstrap: int = N_BOOTSTRAP,
+                   confidence: float = CONFIDENCE,
                    seed: int = 0,
                   ) -> pd.DataFrame:  # one row per model, best first
     "Each model's metric with a bootstrap interval, and its paired difference from the best model."
     if not scores:
         raise ValidationError("no models to compare")
     thresholds = thresholds or {}
-    per_row = {name: _per_row(metric, kind, target, s, thresholds.get(name, 0.5)) for name, s in scores.items()}
+    per_row = {name: per_row_metric(metric, kind, target, s, thresholds.get(name, 0.5)) for name, s in scores.items()}
     point = {name: point_metric(metric, target, values) for name, values in per_row.items()}
     sign = 1 if METRICS[metric] == "maximize" else -1
     best = max(point, key=lambda name: sign * np.nan_to_num(point[name], nan=-np.inf * sign))
@@ -337,7 +355,7 @@ def compare_models(target: np.ndarray,  # encoded target of the test rows
     tails = [(1 - confidence) / 2, 1 - (1 - confidence) / 2]
     correct = None
     if kind != "regression":
-        correct = {name: _per_row("accuracy", kind, target, s, thresholds.get(name, 0.5)).astype(bool)
+        correct = {name: per_row_metric("accuracy", kind, target, s, thresholds.get(name, 0.5)).astype(bool)
                    for name, s in scores.items()}
     rows = []
     for name in scores:
@@ -413,8 +431,9 @@ CANDIDATES = {
     "hgb": Candidate("hgb", "sklearn", "scikit-learn's HistGradientBoosting",
                      {"max_iter": 300, "learning_rate": 0.1, "early_stopping": True, "n_iter_no_change": 10}),
 }
+CANDIDATE_EPOCHS = 10  # epochs of the networks trained here (early stopping applies)
 
-
+# %% ../nbs/03_validate.ipynb #e5f7cc71
 def make_estimator(kind: str, features: Features, settings: dict, seed: int):
     "A HistGradientBoosting classifier or regressor for `features` (categorical codes marked categorical)."
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -426,7 +445,8 @@ def make_estimator(kind: str, features: Features, settings: dict, seed: int):
 def fit_candidate(candidate: Candidate,  # what to train
                   train: Features, valid: Features,  # with targets; valid early-stops
                   classes: list | None,  # None → regression
-                  epochs: int = 10,  # torch candidates
+                  *,
+                  epochs: int = CANDIDATE_EPOCHS,  # torch candidates
                   device: str = "auto",
                   seed: int = 0,
                  ) -> tuple[Callable[[Features], np.ndarray], Any]:  # (features → scores, the fitted model)
@@ -452,7 +472,7 @@ def _inner_split(train_rows: np.ndarray, method: str, seed: int, frac: float = 0
     shuffled = np.random.default_rng(seed).permutation(train_rows)
     return np.sort(shuffled[n_stop:]), np.sort(shuffled[:n_stop])
 
-
+# %% ../nbs/03_validate.ipynb #d94d23ed
 @dataclass
 class OutOfFold:
     "Every candidate's scores on the development rows, each row scored by the fold model that did not train on it."
@@ -466,19 +486,20 @@ class OutOfFold:
 
 # %% ../nbs/03_validate.ipynb #6e148289
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    "The parts end to end (an empty array when there are none)."
     return np.concatenate(parts) if parts else np.empty(0)
 
 # %% ../nbs/03_validate.ipynb #23283d49
-def fold_scores(candidate: Candidate, fit_f: Features, stop_f: Features, test_f: Features, classes: list | None,
+def fold_scores(candidate: Candidate, fit_f: Features, stop_f: Features, test_f: Features, *, classes: list | None,
                 epochs: int, device: str, seed: int, threshold_rule: str | float) -> tuple[np.ndarray, float]:
     "Train a candidate on a fold's fitting rows (early-stopped on its own held-back rows); its test scores, threshold."
-    scorer, _ = fit_candidate(candidate, fit_f, stop_f, classes, epochs, device, seed)
+    scorer, _ = fit_candidate(candidate, fit_f, stop_f, classes, epochs=epochs, device=device, seed=seed)
     threshold = 0.5
     if task_kind(classes) == "binary":
         threshold = choose_threshold(stop_f.target, scorer(stop_f), threshold_rule)["threshold"]
     return scorer(test_f), threshold
 
-
+# %% ../nbs/03_validate.ipynb #aed299c8
 def cv_summary(results: dict[str, list[dict]]) -> dict:
     "Per candidate: the folds' figures, and their mean and standard deviation."
     models = {}
@@ -493,8 +514,9 @@ def cross_validate(frame: pd.DataFrame,  # development rows (training + validati
                    schema: Schema,
                    pipeline_settings: dict,  # `FeaturePipeline.to_dict()["settings"]`: refitted in each fold
                    candidates: list[Candidate],
+                   *,
                    k: int = 3, method: str = "auto",
-                   epochs: int = 10, device: str = "auto", seed: int = 0,
+                   epochs: int = CANDIDATE_EPOCHS, device: str = "auto", seed: int = 0,
                    threshold_rule: str | float = "f1",
                   ) -> tuple[dict, OutOfFold]:  # per-fold and mean ± std metrics (for cv.json); out-of-fold scores
     "k-fold cross-validation of every candidate, the feature pipeline refitted per fold."
@@ -512,10 +534,12 @@ def cross_validate(frame: pd.DataFrame,  # development rows (training + validati
         positions.append(test_rows)
         targets.append(test_f.target)
         for candidate in candidates:
-            s, threshold = fold_scores(candidate, fit_f, stop_f, test_f, classes, epochs, device, seed, threshold_rule)
+            s, threshold = fold_scores(candidate, fit_f, stop_f, test_f, classes=classes, epochs=epochs,
+                                       device=device, seed=seed, threshold_rule=threshold_rule)
             scores[candidate.name].append(s)
             thresholds[candidate.name].append(np.full(len(test_rows), threshold))
-            m = evaluate(test_f.target, s, task_kind(classes), classes, threshold, split=f"fold {fold + 1} test")
+            m = evaluate(test_f.target, s, task_kind(classes), classes, threshold=threshold,
+                         split=f"fold {fold + 1} test")
             results[candidate.name].append({"fold": fold + 1, "train_rows": len(fit_rows),
                                             "early_stopping_rows": len(stop_rows), "test_rows": len(test_rows),
                                             **{key: v for key, v in m.items() if isinstance(v, float)}})
@@ -530,10 +554,11 @@ def cross_validate(frame: pd.DataFrame,  # development rows (training + validati
 class SelectionPolicy:
     "How the winner is chosen: the primary metric, then gap, latency and size, each with a limit."
     metric: str  # the primary metric
+    _: dataclasses.KW_ONLY
     tolerance: float = 0.001  # candidates within this of the best metric are tied
     max_gap: float | None = None  # generalisation gap limit, scale-free (see `generalisation_gap`; None: none)
-    max_latency_ms: float | None = 1.0  # per row on a 256-row batch through the predict interface (None: no limit)
-    max_size_mb: float | None = 200.0  # model file size limit (None: no limit)
+    max_latency_ms: float | None = None  # CPU ms per row through the predict interface (`measure_latency`; None: none)
+    max_size_mb: float | None = None  # model file size limit (None: none)
     split: str = "valid"  # the split whose figures the table holds: they choose (never "test")
 
     def __post_init__(self):
@@ -568,13 +593,13 @@ def generalisation_gap(metric: str,  # the primary metric
 def broken_limits(row: pd.Series,  # a candidate's row of the comparison table
                   policy: SelectionPolicy,
                  ) -> list[str]:  # one line per limit it breaks; empty when it is eligible
-    "The policy's limits a candidate breaks: gap, latency, size, or an undefined primary metric."
-    broken = [f"{label} {row[column]:.4g} > {limit:g}" for column, label, limit in (
-        ("gap", "generalisation gap", policy.max_gap), ("latency_ms_per_row", "latency per row (ms)",
-                                                        policy.max_latency_ms),
-        ("size_mb", "size (MB)", policy.max_size_mb)) if limit is not None and row[column] > limit]
+    "The policy's limits a candidate breaks, each with the parameter that sets it; or an undefined primary metric."
+    broken = [f"{label} {row[column]:.4g}{unit} > {parameter} {limit:g}" for column, label, unit, parameter, limit in (
+        ("gap", "generalisation gap", "", "max_gap", policy.max_gap),
+        ("latency_ms_per_row", "latency per row", " ms", "max_latency_ms", policy.max_latency_ms),
+        ("size_mb", "size", " MB", "max_size_mb", policy.max_size_mb)) if limit is not None and row[column] > limit]
     if not math.isfinite(row[policy.metric]):
-        broken.append(f"{policy.metric} is undefined on the {policy.rows}")
+        broken.append(f"{policy.metric} is undefined on the {policy.rows} (set another primary_metric)")
     return broken
 
 # %% ../nbs/03_validate.ipynb #a310a83f
@@ -649,15 +674,25 @@ def select_model(table: pd.DataFrame,  # `compare_models` plus gap, latency_ms_p
     candidates[winner].update(status="selected", reason=reason)
     return {"winner": winner, "metric": metric, "policy": asdict(policy), "reason": reason, "candidates": candidates}
 
+# %% ../nbs/03_validate.ipynb #17882d52
+def no_eligible_message(selection: dict,  # `select_model`'s answer, with no winner
+                       ) -> str:
+    "Why no candidate is eligible: each candidate's broken limits (with their parameters), in one sentence."
+    broken = "; ".join(f"{name}: {c['reason'].removeprefix('outside the limits: ')}"
+                       for name, c in selection["candidates"].items())
+    return (f"no candidate is within the selection policy's limits ({broken}); raise or remove those limits "
+            "(e.g. -p max_latency_ms null), or compare other candidates")
+
 # %% ../nbs/03_validate.ipynb #41873172
 def _figure(title: str, xlabel: str, ylabel: str, size=(5.5, 4.2)):
+    "A titled figure with labelled axes: every plot of this chapter starts here."
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=size)
     axis.set(title=title, xlabel=xlabel, ylabel=ylabel)
     return figure, axis
 
-
+# %% ../nbs/03_validate.ipynb #a48705e0
 def plot_roc(target: np.ndarray, scores: dict[str, np.ndarray]):
     "ROC curves of binary classifiers on the same rows."
     from torchmetrics.functional.classification import binary_auroc, binary_roc
@@ -782,31 +817,48 @@ def plot_comparison(table: pd.DataFrame, metric: str, winner: str | None = None,
     figure.tight_layout()
     return figure
 
+# %% ../nbs/03_validate.ipynb #1492d850
+@contextlib.contextmanager
+def one_math_thread():
+    "Inside the block, OpenMP/BLAS (through threadpoolctl) and torch use one thread: the caller's."
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    with threadpool_limits(1):
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+# %% ../nbs/03_validate.ipynb #52fcae20
+def cpu_seconds(call: Callable, argument) -> float:
+    "The CPU time this thread spends in `call(argument)`: time other processes hold the core does not count."
+    started = time.thread_time()
+    call(argument)
+    return time.thread_time() - started
+
 # %% ../nbs/03_validate.ipynb #73bdfb22
 LATENCY_BATCH_ROWS = 256  # every candidate is timed on a batch of this many rows
 
 
 def measure_latency(predictor: Predictor,  # the model, through the interface serving will call
                     frame: pd.DataFrame,  # raw rows to draw the batch from (the test split)
+                    *,
                     batch_rows: int = LATENCY_BATCH_ROWS,  # rows per timed batch, the same for every candidate
-                    repeats: int = 7,  # timed batch calls; the median is kept
-                    single_calls: int = 20,  # timed one-record calls; the median is kept
+                    repeats: int = 7,  # timed batch calls; the least is kept
+                    single_calls: int = 20,  # timed one-record calls; the least is kept
                     seed: int = 0,
                    ) -> dict:
-    "Milliseconds per row on a fixed-size batch and per single-record call: medians over repeats, after a warm-up."
+    "CPU milliseconds per row on a fixed batch and per one-record call, on one thread: the least over repeats."
     batch = frame.sample(n=batch_rows, replace=len(frame) < batch_rows, random_state=seed)
-    predictor.predict(batch)  # warm-up: lazy imports, caches, thread pools
-    timed = [_timed(predictor.predict, batch) for _ in range(repeats)]
     records = batch.head(single_calls)
-    single = [_timed(predictor.predict, records.iloc[[i]]) for i in range(len(records))]
-    return {"latency_ms_per_row": 1000 * float(np.median(timed)) / batch_rows,
-            "latency_ms_single": 1000 * float(np.median(single)), "batch_rows": batch_rows, "repeats": repeats}
-
-
-def _timed(call, argument) -> float:
-    started = time.perf_counter()
-    call(argument)
-    return time.perf_counter() - started
+    with one_math_thread():
+        predictor.predict(batch)  # warm-up: lazy imports, caches
+        timed = [cpu_seconds(predictor.predict, batch) for _ in range(repeats)]
+        single = [cpu_seconds(predictor.predict, records.iloc[[i]]) for i in range(len(records))]
+    return {"latency_ms_per_row": 1000 * min(timed) / batch_rows, "latency_ms_single": 1000 * min(single),
+            "batch_rows": batch_rows, "repeats": repeats, "clock": "CPU time of the predicting thread (least of repeats)"}
 
 # %% ../nbs/03_validate.ipynb #72d8c8b7
 PROMOTE_MODES = ("auto", "always", "never")
@@ -820,17 +872,17 @@ class ValidateParams:
     device: str = "auto"  # torch candidates: "auto" (CUDA when available), "cpu", "cuda"
     model_name: str = "mlp"  # the training stage's model: the "mlp" candidate
     candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))  # which candidates to compare
-    candidate_epochs: int = 10  # epochs for the networks trained here (early stopping applies)
+    candidate_epochs: int = CANDIDATE_EPOCHS  # epochs for the networks trained here (early stopping applies)
     primary_metric: str = "auto"  # auroc (binary), accuracy (multi-class), rmse (regression)
     threshold: str | float = "f1"  # binary decision threshold: "f1", "youden" or a fixed value
     cv_folds: int = 3  # cross-validation folds (0: skip cross-validation)
     cv_method: str = "auto"  # "auto", "time", "stratified", "kfold"
-    n_bootstrap: int = 1000  # paired bootstrap resamples
-    confidence: float = 0.95  # of the bootstrap intervals
+    n_bootstrap: int = N_BOOTSTRAP  # paired bootstrap resamples
+    confidence: float = CONFIDENCE  # of the bootstrap intervals
     tolerance: float = 0.001  # selection: metric differences this small are ties
     max_gap: float | None = None  # selection: generalisation gap limit (scale-free; None: none, a tie-breaker)
-    max_latency_ms: float | None = 1.0  # selection: milliseconds per row limit
-    max_size_mb: float | None = 200.0  # selection: model size limit
+    max_latency_ms: float | None = None  # selection: CPU milliseconds per row limit (None: none)
+    max_size_mb: float | None = None  # selection: model size limit (None: none)
     min_slice_rows: int = 100  # slices with fewer test rows are not ranked
     registry_dir: str | None = None  # the shared registry; None → registry/ inside the run
     promote: str = "auto"  # "auto", "always" or "never"
@@ -858,7 +910,12 @@ class ValidateParams:
             check_choice("threshold", self.threshold, THRESHOLD_RULES)
         elif not 0 < self.threshold < 1:
             raise ParamError(f"a fixed threshold must lie in (0, 1), got {self.threshold}")
-        SelectionPolicy("auroc", self.tolerance, self.max_gap, self.max_latency_ms, self.max_size_mb)  # checks
+        self.policy("auroc")  # checks the selection settings
+
+    def policy(self, metric: str, split: str = "valid") -> SelectionPolicy:
+        "The selection policy these parameters set, for `metric` on the `split` that chooses."
+        return SelectionPolicy(metric, tolerance=self.tolerance, max_gap=self.max_gap,
+                               max_latency_ms=self.max_latency_ms, max_size_mb=self.max_size_mb, split=split)
 
 # %% ../nbs/03_validate.ipynb #0498b997
 @dataclass
@@ -872,11 +929,41 @@ class ValidateStageResult:
     registry: dict  # the version registered and the alias moves
     scores: dict  # model → split → scores
 
-# %% ../nbs/03_validate.ipynb #fa635556
-def _candidate_models(run: Run, params: ValidateParams, features: dict[str, Features], classes: list | None,
-                      device: str) -> dict[str, Candidate]:
-    "Train and save the baselines; the tuned network is already in the run. Returns name → candidate."
+# %% ../nbs/03_validate.ipynb #98ceb6ed
+@dataclass
+class ValidationInputs:
+    "What the validation stage measures: the splits, their features and targets, the task and the metric."
+    schema: Schema
+    splits: dict[str, pd.DataFrame]
+    features: dict[str, Features]
+    targets: dict[str, np.ndarray]
+    classes: list | None
+    kind: str
+    metric: str
+    pipeline: FeaturePipeline
+
+# %% ../nbs/03_validate.ipynb #9fd44146
+def validation_inputs(run: Run, params: ValidateParams) -> ValidationInputs:
+    "The data stage's splits, featurised; the training stage's model must be there when `mlp` is a candidate."
+    prepared = load_prepared(run)  # a run the data stage has not prepared: a DataError naming that stage
+    if "mlp" in params.candidates and not run.exists(f"models/{params.model_name}/config.json"):
+        raise ValidationError(missing_stage(run, f"trained model {params.model_name!r} (the 'mlp' candidate)",
+                                            "train") + "; or leave 'mlp' out of candidates")
+    pipeline, splits = prepared.pipeline, prepared.splits
+    classes = pipeline.classes_ if pipeline.task == "classification" else None
     kind = task_kind(classes)
+    for name in ("train", "valid", "test"):
+        if len(splits.get(name, ())) == 0:
+            raise ValidationError(f"the {name} split is empty: there are no rows to measure")
+    features = {name: pipeline.transform(splits[name]) for name in ("train", "valid", "test")}
+    return ValidationInputs(schema=prepared.schema, splits=splits, features=features,
+                            targets={name: f.target for name, f in features.items()}, classes=classes, kind=kind,
+                            metric=resolve_metric(params.primary_metric, kind, name="primary_metric", loss=False),
+                            pipeline=pipeline)
+
+# %% ../nbs/03_validate.ipynb #fa635556
+def train_baselines(run: Run, params: ValidateParams, inputs: ValidationInputs, device: str) -> dict[str, Candidate]:
+    "Train and save the baselines (the tuned network is already in the run); name → candidate, for every candidate."
     chosen = {}
     for key in params.candidates:
         candidate = CANDIDATES[key]
@@ -885,57 +972,18 @@ def _candidate_models(run: Run, params: ValidateParams, features: dict[str, Feat
             chosen[params.model_name] = replace(candidate, name=params.model_name,
                                                 settings={k: v for k, v in tuned.items() if k != "seed"})
             continue
-        scorer, fitted = fit_candidate(candidate, features["train"], features["valid"], classes,
-                                       params.candidate_epochs, device, params.seed)
+        _, fitted = fit_candidate(candidate, inputs.features["train"], inputs.features["valid"], inputs.classes,
+                                  epochs=params.candidate_epochs, device=device, seed=params.seed)
         if candidate.family == "torch":
             save_model(run, key, fitted, {"candidate": candidate.description})
         else:
-            save_sklearn_model(run, key, fitted, kind, classes, {"candidate": candidate.description})
+            save_sklearn_model(run, key, fitted, inputs.kind, inputs.classes, extra={"candidate": candidate.description})
         chosen[key] = candidate
     return chosen
 
-# %% ../nbs/03_validate.ipynb #b6d7342f
-def _decide_promotion(registry: Registry, version: int, params: ValidateParams, schema: Schema,
-                      test_frame: pd.DataFrame, test_target: np.ndarray, metric: str, value: float) -> dict:
-    "Move the registry's aliases for the new version according to `params.promote`."
-    try:
-        champion = registry.resolve("champion")
-    except RegistryError:
-        champion = None
-    decision = {"version": version, "champion_before": champion, "metric": metric, "value": value}
-    other_data = registry.mismatch(version) if champion is not None else []
-    if other_data and params.promote != "always":
-        decision.update(alias=None, reason=(
-            f"not promoted: the champion (version {champion}) is a model of other data ({'; '.join(other_data)}); "
-            f"give this dataset a registry of its own (-p registry_dir DIR), or replace the champion with "
-            f"`mllifecycle registry promote {version} --force`"))
-        return decision
-    promote, why = params.promote == "always", "promote='always'"
-    if params.promote == "never":
-        why = "promote='never'"
-    elif params.promote == "auto" and champion is None:
-        promote, why = True, "the registry had no champion"
-    elif params.promote == "auto":
-        try:
-            current = registry.load("champion")
-            per_row = _per_row(metric, current.kind, test_target, current.scores(current.features(test_frame)),
-                               current.threshold)
-            old = point_metric(metric, test_target, per_row)
-            gain = (value - old) * (1 if METRICS[metric] == "maximize" else -1)
-            decision["champion_value"] = old
-            promote = gain > params.promote_margin
-            why = (f"test {metric} {value:.4f} vs the champion's {old:.4f} on the same rows: "
-                   f"{'better' if promote else 'not better'} by more than {params.promote_margin:g}")
-        except (ArtifactError, DataError) as e:
-            promote, why = True, f"the champion (version {champion}) cannot be used: {e}"
-    entry = registry.promote(version, "champion" if promote else "challenger", schema=schema, reason=why,
-                             force=params.promote == "always")
-    decision.update(alias=entry["alias"], reason=why)
-    return decision
-
 # %% ../nbs/03_validate.ipynb #6f8e16a9
 @dataclass
-class _Scored:
+class ScoredCandidates:
     "Every candidate's predictor, scores, threshold and metrics on the three splits."
     predictors: dict[str, Predictor]
     scores: dict[str, dict[str, np.ndarray]]  # model → split → scores
@@ -943,90 +991,155 @@ class _Scored:
     threshold_info: dict[str, dict]  # how each was chosen
     metrics: dict[str, dict[str, dict]]  # model → split → metrics
 
-# %% ../nbs/03_validate.ipynb #dbef8761
-def _score(run: Run, names: list[str], features: dict[str, Features], kind: str, classes: list | None,
-           threshold_rule: str | float, device: str) -> _Scored:
+# %% ../nbs/03_validate.ipynb #ac3cc4f9
+def score_candidates(run: Run, names: list[str], inputs: ValidationInputs, *, threshold_rule: str | float,
+                     device: str) -> ScoredCandidates:
     "Load each candidate through the predict interface it will be served by, choose thresholds, measure."
     predictors = {name: load_predictor(run, name, device=device) for name in names}
-    scores = {name: {split: p.scores(f) for split, f in features.items()} for name, p in predictors.items()}
+    scores = {name: {split: p.scores(f) for split, f in inputs.features.items()} for name, p in predictors.items()}
     thresholds, info = {}, {}
-    if kind == "binary":
+    if inputs.kind == "binary":
         for name, predictor in predictors.items():
-            info[name] = choose_threshold(features["valid"].target, scores[name]["valid"], threshold_rule)
+            info[name] = choose_threshold(inputs.targets["valid"], scores[name]["valid"], threshold_rule)
             predictor.threshold = thresholds[name] = info[name]["threshold"]
-    metrics = {name: {split: evaluate(f.target, scores[name][split], kind, classes, thresholds.get(name, 0.5), split)
-                      for split, f in features.items()} for name in names}
-    return _Scored(predictors, scores, thresholds, info, metrics)
+    metrics = {name: {split: evaluate(inputs.targets[split], scores[name][split], inputs.kind, inputs.classes,
+                                      threshold=thresholds.get(name, 0.5), split=split) for split in inputs.features}
+               for name in names}
+    return ScoredCandidates(predictors, scores, thresholds, info, metrics)
 
-# %% ../nbs/03_validate.ipynb #c3243435
-def _value(metric: str, kind: str, target: np.ndarray, scores: np.ndarray, threshold: float | None = None) -> float:
-    "The primary metric of some scores, by the bootstrap's own formula."
-    return point_metric(metric, target, _per_row(metric, kind, target, scores, 0.5 if threshold is None else threshold))
+# %% ../nbs/03_validate.ipynb #445c3502
+def stage_cross_validation(inputs: ValidationInputs, candidates: dict[str, Candidate], params: ValidateParams,
+                           device: str) -> tuple[dict | None, OutOfFold | None]:
+    "Cross-validate the candidates on the development rows: (cv.json's content, the out-of-fold scores); None, None without it."
+    if not params.cv_folds:
+        return None, None
+    development = pd.concat([inputs.splits["train"], inputs.splits["valid"]], ignore_index=True)
+    return cross_validate(development, inputs.schema, inputs.pipeline.to_dict()["settings"], list(candidates.values()),
+                          k=params.cv_folds, method=params.cv_method, epochs=params.candidate_epochs, device=device,
+                          seed=params.seed, threshold_rule=params.threshold)
 
-# %% ../nbs/03_validate.ipynb #76e353e8
+# %% ../nbs/03_validate.ipynb #3253a44e
 @dataclass
-class _Choosing:
+class ChoosingRows:
     "The rows whose figures choose the winner, and every candidate's scores on them."
     split: str  # "cv": out-of-fold development rows; "valid": the validation split
     target: np.ndarray
     scores: dict[str, np.ndarray]
     thresholds: dict[str, Any]  # binary: a threshold per candidate (per row for out-of-fold scores)
 
-# %% ../nbs/03_validate.ipynb #360193c0
-def _choosing_rows(scored: _Scored, features: dict[str, Features], oof: OutOfFold | None) -> _Choosing:
+# %% ../nbs/03_validate.ipynb #fbcf4650
+def choosing_rows(scored: ScoredCandidates, inputs: ValidationInputs, oof: OutOfFold | None) -> ChoosingRows:
     "Out-of-fold rows when cross-validation scored enough of them, else the validation split."
-    if oof is not None and len(oof) >= len(features["valid"].target):  # more rows to choose on
-        return _Choosing("cv", oof.target, oof.scores, oof.thresholds)
-    return _Choosing("valid", features["valid"].target, {n: s["valid"] for n, s in scored.scores.items()},
-                     scored.thresholds)
+    if oof is not None and len(oof) >= len(inputs.targets["valid"]):  # more rows to choose on
+        return ChoosingRows("cv", oof.target, oof.scores, oof.thresholds)
+    return ChoosingRows("valid", inputs.targets["valid"], {n: s["valid"] for n, s in scored.scores.items()},
+                        scored.thresholds)
 
-# %% ../nbs/03_validate.ipynb #682fc2ee
-def _comparison_table(scored: _Scored, candidates: dict[str, Candidate], features: dict[str, Features],
-                      choosing: _Choosing, test_rows: pd.DataFrame, kind: str, classes: list | None, metric: str,
-                      params: ValidateParams) -> pd.DataFrame:
+# %% ../nbs/03_validate.ipynb #2ad75e77
+def primary_value(metric: str, kind: str, target: np.ndarray, scores: np.ndarray, threshold: float | None = None) -> float:
+    "The primary metric of some scores, by the bootstrap's own formula."
+    return point_metric(metric, target, per_row_metric(metric, kind, target, scores,
+                                                       0.5 if threshold is None else threshold))
+
+# %% ../nbs/03_validate.ipynb #bb8814ff
+def comparison_table(scored: ScoredCandidates, candidates: dict[str, Candidate], inputs: ValidationInputs,
+                     choosing: ChoosingRows, params: ValidateParams) -> pd.DataFrame:
     "The paired comparison on the rows that choose, with gap, latency and size; each test figure beside, unused."
-    targets = {split: f.target for split, f in features.items()}
-    comparison = compare_models(choosing.target, choosing.scores, kind, metric, choosing.thresholds,
-                                params.n_bootstrap, params.confidence, params.seed)
+    metric, kind, targets = inputs.metric, inputs.kind, inputs.targets
+    comparison = compare_models(choosing.target, choosing.scores, kind, metric, thresholds=choosing.thresholds,
+                                n_bootstrap=params.n_bootstrap, confidence=params.confidence, seed=params.seed)
     chosen_values = comparison.set_index("model")[metric]
-    trivial = _value(metric, kind, choosing.target,
-                     trivial_scores(targets["train"], len(choosing.target), kind, len(classes or []) or None))
+    trivial = primary_value(metric, kind, choosing.target, trivial_scores(
+        targets["train"], len(choosing.target), kind, len(inputs.classes or []) or None))
     extra = []
     for name in comparison["model"]:
         predictor, threshold = scored.predictors[name], scored.thresholds.get(name)
-        train_value = _value(metric, kind, targets["train"], scored.scores[name]["train"], threshold)
-        latency = measure_latency(predictor, test_rows, seed=params.seed)
+        train_value = primary_value(metric, kind, targets["train"], scored.scores[name]["train"], threshold)
+        latency = measure_latency(predictor, inputs.splits["test"], seed=params.seed)
         extra.append({"family": predictor.family, "description": candidates[name].description,
                       f"train_{metric}": train_value,
                       "gap": generalisation_gap(metric, train_value, chosen_values[name], trivial),
                       "latency_ms_per_row": latency["latency_ms_per_row"],
                       "latency_ms_single": latency["latency_ms_single"], "size_mb": predictor.model_bytes / 1e6,
-                      "threshold": threshold,
-                      f"test_{metric}": _value(metric, kind, targets["test"], scored.scores[name]["test"], threshold)})
+                      "threshold": threshold, f"test_{metric}": primary_value(
+                          metric, kind, targets["test"], scored.scores[name]["test"], threshold)})
     return pd.concat([comparison, pd.DataFrame(extra)], axis=1)
 
-# %% ../nbs/03_validate.ipynb #a6f37ed1
+# %% ../nbs/03_validate.ipynb #78e287eb
+def add_cv_columns(comparison: pd.DataFrame, cv: dict | None, metric: str) -> pd.DataFrame:
+    "The comparison with each candidate's cross-validation mean and std of the primary metric (unchanged without cv)."
+    if cv is not None:
+        comparison[f"cv_{metric}_mean"] = [cv["models"][n]["mean"].get(metric) for n in comparison["model"]]
+        comparison[f"cv_{metric}_std"] = [cv["models"][n]["std"].get(metric) for n in comparison["model"]]
+    return comparison
+
+# %% ../nbs/03_validate.ipynb #d4df96dc
 def reported_figure(metric: str,  # the primary metric
                     kind: str,  # "binary", "multiclass" or "regression"
                     train_target: np.ndarray,  # the encoded training target (for the trivial predictor)
                     test_target: np.ndarray,  # the encoded test target
                     scores: np.ndarray,  # the chosen model's test scores
+                    *,
                     threshold: float | None = None,  # binary: its decision threshold
-                    n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0,
+                    n_bootstrap: int = N_BOOTSTRAP, confidence: float = CONFIDENCE, seed: int = 0,
                    ) -> dict:  # {"split": "test", "metric", "value", "ci_low", "ci_high", "rows", "trivial", ...}
     "The chosen model's one unbiased figure: its test metric with a bootstrap interval, beside the trivial predictor's."
     target = test_target
-    per_row = _per_row(metric, kind, target, scores, 0.5 if threshold is None else threshold)
+    per_row = per_row_metric(metric, kind, target, scores, 0.5 if threshold is None else threshold)
     resampled = paired_bootstrap(metric, target, {"model": per_row}, n_bootstrap, seed)["model"]
     low, high = np.nanquantile(resampled, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
     n_classes = None if kind == "regression" else int(max(np.max(train_target), np.max(target))) + 1
     trivial = trivial_scores(train_target, len(target), kind, n_classes)
     return {"split": "test", "metric": metric, "value": point_metric(metric, target, per_row),
             "ci_low": float(low), "ci_high": float(high), "confidence": confidence, "rows": len(target),
-            "trivial": _value(metric, kind, target, trivial)}
+            "trivial": primary_value(metric, kind, target, trivial)}
 
+# %% ../nbs/03_validate.ipynb #bd84d75a
+def selection_record(selection: dict, choosing: ChoosingRows, inputs: ValidationInputs, scored: ScoredCandidates,
+                     params: ValidateParams) -> dict:
+    "`select_model`'s decision, with where it was made and the winner's one reported test figure."
+    metric, winner = inputs.metric, selection["winner"]
+    what = ("out-of-fold scores of the development rows (each row scored by the fold model that did not train on "
+            "it)" if choosing.split == "cv" else "the validation split")
+    return {**selection, "comparison": "validation/comparison.csv",
+            "chosen_on": {"split": choosing.split, "rows": len(choosing.target), "what": what,
+                          "figures": [metric, "paired bootstrap difference", "gap", "latency_ms_per_row", "size_mb"]},
+            "bootstrap": {"resamples": params.n_bootstrap, "confidence": params.confidence,
+                          "rows": len(choosing.target), "split": choosing.split},
+            "reported": None if winner is None else reported_figure(
+                metric, inputs.kind, inputs.targets["train"], inputs.targets["test"], scored.scores[winner]["test"],
+                threshold=scored.thresholds.get(winner), n_bootstrap=params.n_bootstrap,
+                confidence=params.confidence, seed=params.seed),
+            "not_used": f"test_{metric} of the other candidates (comparison.csv), for the record"}
 
-# %% ../nbs/03_validate.ipynb #51d45258
+# %% ../nbs/03_validate.ipynb #f07eac35
+def winner_slices(inputs: ValidationInputs, scored: ScoredCandidates, winner: str | None,
+                  params: ValidateParams) -> pd.DataFrame | None:
+    "The winner's metric on each slice of the test rows (categorical column = value), worst first."
+    if winner is None:
+        return None
+    test = inputs.splits["test"]
+    return slice_metrics(test, inputs.targets["test"], scored.scores[winner]["test"], kind=inputs.kind,
+                         classes=inputs.classes, columns=[c for c in inputs.schema.names("feature", "categorical")
+                                                          if c in test],
+                         metric=inputs.metric, threshold=scored.thresholds.get(winner, 0.5),
+                         min_rows=params.min_slice_rows)
+
+# %% ../nbs/03_validate.ipynb #cd6e9ac7
+def metrics_record(inputs: ValidationInputs, scored: ScoredCandidates, selection: dict,
+                   slices: pd.DataFrame | None) -> dict:
+    "The content of `validation/metrics.json`."
+    targets, kind, classes = inputs.targets, inputs.kind, inputs.classes
+    trivial = {split: evaluate(targets[split], trivial_scores(targets["train"], len(targets[split]), kind,
+                                                              len(classes or []) or None), kind, classes, split=split)
+               for split in ("valid", "test")}
+    return {"task": kind, "primary_metric": inputs.metric, "classes": classes, "thresholds": scored.threshold_info,
+            "models": scored.metrics, "trivial": trivial, "selected": selection["winner"],
+            "reported": selection["reported"],
+            "worst_slices": None if slices is None else slices.head(10).to_dict(orient="records"),
+            "slices": None if slices is None else slices.to_dict(orient="records")}
+
+# %% ../nbs/03_validate.ipynb #5e88b7d9
 def check_package(predictor: Predictor,  # the chosen model, loaded as it will be registered and served
                   rows: pd.DataFrame,  # raw test rows
                   measured: np.ndarray,  # the scores this run measured for them
@@ -1054,129 +1167,52 @@ def check_package(predictor: Predictor,  # the chosen model, loaded as it will b
                 f"scores this run measured (they differ by up to {worst:.3g}; allowed {tolerance:.3g}): the model or "
                 "its feature pipeline changed between measuring and packaging, so nothing was registered")
 
-# %% ../nbs/03_validate.ipynb #6e09370c
-def _figures(scored: _Scored, targets: dict[str, np.ndarray], kind: str, classes: list | None, metric: str,
-             winner: str | None, comparison: pd.DataFrame, slices: pd.DataFrame | None,
-             choosing_split: str = "valid") -> dict:
-    "The stage's plots: curves over every candidate, then the winner's threshold, errors and slices."
-    test_scores = {name: s["test"] for name, s in scored.scores.items()}
-    label = "out-of-fold (cross-validation)" if choosing_split == "cv" else "validation"
-    figures = {"comparison": plot_comparison(comparison, metric, winner, split=label)}
-    if kind == "binary":
-        figures.update(roc=plot_roc(targets["test"], test_scores),
-                       precision_recall=plot_precision_recall(targets["test"], test_scores))
-    if kind != "regression":
-        figures["reliability"] = plot_reliability(targets["test"], test_scores)
-    if winner is None:
-        return figures
-    if kind == "binary":
-        figures["threshold"] = plot_threshold(targets["valid"], scored.scores[winner]["valid"],
-                                              scored.thresholds[winner], winner)
-    if kind == "regression":
-        figures["residuals"] = plot_residuals(targets["test"], scored.scores[winner]["test"], winner)
-    else:
-        figures["confusion"] = plot_confusion(scored.metrics[winner]["test"]["confusion_matrix"], classes, winner)
-    if slices is not None and len(slices):
-        figures["slices"] = plot_slices(slices, metric, scored.metrics[winner]["test"][metric], winner)
-    return figures
+# %% ../nbs/03_validate.ipynb #1e587585
+def champion_value(registry: Registry, inputs: ValidationInputs) -> float:
+    "The registry's champion's primary metric on this run's test rows, through its own package."
+    current = registry.load("champion")
+    scores = current.scores(current.features(inputs.splits["test"]))
+    return point_metric(inputs.metric, inputs.targets["test"], per_row_metric(
+        inputs.metric, current.kind, inputs.targets["test"], scores, current.threshold))
 
-# %% ../nbs/03_validate.ipynb #c427e4e7
-@dataclass
-class _Inputs:
-    "What the validation stage measures: the splits, their features and targets, the task and the metric."
-    schema: Schema
-    splits: dict[str, pd.DataFrame]
-    features: dict[str, Features]
-    targets: dict[str, np.ndarray]
-    classes: list | None
-    kind: str
-    metric: str
-    pipeline: FeaturePipeline
+# %% ../nbs/03_validate.ipynb #b6d7342f
+def decide_promotion(registry: Registry, version: int, params: ValidateParams, inputs: ValidationInputs,
+                     value: float) -> dict:
+    "Move the registry's aliases for the new version according to `params.promote`; the decision and its reason."
+    try:
+        champion = registry.resolve("champion")
+    except RegistryError:
+        champion = None
+    metric = inputs.metric
+    decision = {"version": version, "champion_before": champion, "metric": metric, "value": value}
+    other_data = registry.mismatch(version) if champion is not None else []
+    if other_data and params.promote != "always":
+        decision.update(alias=None, reason=(
+            f"not promoted: the champion (version {champion}) is a model of other data ({'; '.join(other_data)}); "
+            f"give this dataset a registry of its own (-p registry_dir DIR), or replace the champion with "
+            f"`mllifecycle registry promote {version} --force`"))
+        return decision
+    promote, why = params.promote != "never", f"promote={params.promote!r}"
+    if params.promote == "auto" and champion is None:
+        why = "the registry had no champion"
+    elif params.promote == "auto":
+        try:
+            old = decision["champion_value"] = champion_value(registry, inputs)
+            promote = (value - old) * (1 if METRICS[metric] == "maximize" else -1) > params.promote_margin
+            why = (f"test {metric} {value:.4f} vs the champion's {old:.4f} on the same rows: "
+                   f"{'better' if promote else 'not better'} by more than {params.promote_margin:g}")
+        except (ArtifactError, DataError) as e:
+            promote, why = True, f"the champion (version {champion}) cannot be used: {e}"
+    entry = registry.promote(version, "champion" if promote else "challenger", schema=inputs.schema, reason=why,
+                             force=params.promote == "always")
+    decision.update(alias=entry["alias"], reason=why)
+    return decision
 
-
-def _load_inputs(run: Run, params: ValidateParams) -> _Inputs:
-    "Read the prepared data (training the tuned network first when the run has none) and featurise the splits."
-    prepared = load_prepared(run)
-    if "mlp" in params.candidates and not run.exists(f"models/{params.model_name}/config.json"):  # standalone
-        train_stage(TrainParams(run_dir=str(run.path), seed=params.seed, device=params.device,
-                                model_name=params.model_name, progress=False))
-    pipeline, splits = prepared.pipeline, prepared.splits
-    classes = pipeline.classes_ if pipeline.task == "classification" else None
-    kind = task_kind(classes)
-    for name in ("train", "valid", "test"):
-        if len(splits.get(name, ())) == 0:
-            raise ValidationError(f"the {name} split is empty: there are no rows to measure")
-    features = {name: pipeline.transform(splits[name]) for name in ("train", "valid", "test")}
-    return _Inputs(schema=prepared.schema, splits=splits, features=features,
-                   targets={name: f.target for name, f in features.items()}, classes=classes, kind=kind,
-                   metric=resolve_metric(params.primary_metric, kind, name="primary_metric", loss=False),
-                   pipeline=pipeline)
-
-# %% ../nbs/03_validate.ipynb #120599a0
-def _cross_validation(inputs: _Inputs, candidates: dict[str, Candidate], params: ValidateParams,
-                      device: str) -> tuple[dict | None, OutOfFold | None]:
-    "Cross-validate the candidates on the development rows (none when cv_folds is 0)."
-    if not params.cv_folds:
-        return None, None
-    development = pd.concat([inputs.splits["train"], inputs.splits["valid"]], ignore_index=True)
-    return cross_validate(development, inputs.schema, inputs.pipeline.to_dict()["settings"], list(candidates.values()),
-                          params.cv_folds, params.cv_method, params.candidate_epochs, device, params.seed,
-                          params.threshold)
-
-
-def _with_cv(comparison: pd.DataFrame, cv: dict | None, metric: str) -> pd.DataFrame:
-    "The comparison with each candidate's cross-validation mean and std of the primary metric."
-    if cv is not None:
-        comparison[f"cv_{metric}_mean"] = [cv["models"][n]["mean"].get(metric) for n in comparison["model"]]
-        comparison[f"cv_{metric}_std"] = [cv["models"][n]["std"].get(metric) for n in comparison["model"]]
-    return comparison
-
-# %% ../nbs/03_validate.ipynb #1c08f9f8
-def _selection_record(selection: dict, choosing: _Choosing, inputs: _Inputs, scored: _Scored,
-                      params: ValidateParams) -> dict:
-    "`select_model`'s decision, with where it was made and the winner's one reported test figure."
-    metric, winner = inputs.metric, selection["winner"]
-    what = ("out-of-fold scores of the development rows (each row scored by the fold model that did not train on "
-            "it)" if choosing.split == "cv" else "the validation split")
-    return {**selection, "comparison": "validation/comparison.csv",
-            "chosen_on": {"split": choosing.split, "rows": len(choosing.target), "what": what,
-                          "figures": [metric, "paired bootstrap difference", "gap", "latency_ms_per_row", "size_mb"]},
-            "bootstrap": {"resamples": params.n_bootstrap, "confidence": params.confidence,
-                          "rows": len(choosing.target), "split": choosing.split},
-            "reported": None if winner is None else reported_figure(
-                metric, inputs.kind, inputs.targets["train"], inputs.targets["test"], scored.scores[winner]["test"],
-                scored.thresholds.get(winner), params.n_bootstrap, params.confidence, params.seed),
-            "not_used": f"test_{metric} of the other candidates (comparison.csv), for the record"}
-
-# %% ../nbs/03_validate.ipynb #b8d1de0d
-def _winner_slices(inputs: _Inputs, scored: _Scored, winner: str | None, params: ValidateParams) -> pd.DataFrame | None:
-    "The winner's metric on each slice of the test rows (categorical column = value), worst first."
-    if winner is None:
-        return None
-    test = inputs.splits["test"]
-    return slice_metrics(test, inputs.targets["test"], scored.scores[winner]["test"], inputs.kind, inputs.classes,
-                         [c for c in inputs.schema.names("feature", "categorical") if c in test], inputs.metric,
-                         scored.thresholds.get(winner, 0.5), params.min_slice_rows)
-
-
-def _metrics_record(inputs: _Inputs, scored: _Scored, selection: dict, slices: pd.DataFrame | None) -> dict:
-    "The content of `validation/metrics.json`."
-    targets, kind, classes = inputs.targets, inputs.kind, inputs.classes
-    trivial = {split: evaluate(targets[split], trivial_scores(targets["train"], len(targets[split]), kind,
-                                                              len(classes or []) or None), kind, classes, 0.5, split)
-               for split in ("valid", "test")}
-    return {"task": kind, "primary_metric": inputs.metric, "classes": classes, "thresholds": scored.threshold_info,
-            "models": scored.metrics, "trivial": trivial, "selected": selection["winner"],
-            "reported": selection["reported"],
-            "worst_slices": None if slices is None else slices.head(10).to_dict(orient="records"),
-            "slices": None if slices is None else slices.to_dict(orient="records")}
-
-# %% ../nbs/03_validate.ipynb #46652717
-def _register_winner(run: Run, inputs: _Inputs, scored: _Scored, selection: dict, params: ValidateParams) -> dict:
+# %% ../nbs/03_validate.ipynb #e2046fa7
+def register_winner(run: Run, inputs: ValidationInputs, scored: ScoredCandidates, selection: dict,
+                    params: ValidateParams) -> dict:
     "Check the winner's package, register it, and decide its promotion; the content of `validation/registry.json`."
     winner, metric = selection["winner"], inputs.metric
-    if winner is None:
-        return {"registry": None, "version": None, "reason": selection["reason"]}
     check_package(load_predictor(run, winner, scored.thresholds.get(winner)), inputs.splits["test"],
                   scored.scores[winner]["test"])  # before registering: a failed check registers nothing
     registry = Registry(params.registry_dir or run.file("registry"))
@@ -1187,29 +1223,49 @@ def _register_winner(run: Run, inputs: _Inputs, scored: _Scored, selection: dict
         threshold=scored.thresholds.get(winner),
         notes={"metric": {"name": metric, "value": value}, "selection": selection["reason"],
                "test_metrics": {k: v for k, v in test_metrics.items() if isinstance(v, float)}})
-    return {"registry": str(registry.root), **_decide_promotion(registry, version, params, inputs.schema,
-                                                                inputs.splits["test"], inputs.targets["test"],
-                                                                metric, value)}
+    return {"registry": str(registry.root), **decide_promotion(registry, version, params, inputs, value)}
 
-# %% ../nbs/03_validate.ipynb #e419cc9d
+# %% ../nbs/03_validate.ipynb #f2dd1abb
+def stage_figures(scored: ScoredCandidates, inputs: ValidationInputs, selection: dict, *, comparison: pd.DataFrame,
+                  slices: pd.DataFrame | None, choosing_split: str = "valid") -> dict:
+    "The stage's plots by name: curves over every candidate, then the winner's threshold, errors and slices."
+    targets, kind, metric, winner = inputs.targets, inputs.kind, inputs.metric, selection["winner"]
+    test_scores = {name: s["test"] for name, s in scored.scores.items()}
+    label = "out-of-fold (cross-validation)" if choosing_split == "cv" else "validation"
+    figures = {"comparison": plot_comparison(comparison, metric, winner, split=label)}
+    if kind == "binary":
+        figures.update(roc=plot_roc(targets["test"], test_scores),
+                       precision_recall=plot_precision_recall(targets["test"], test_scores),
+                       threshold=plot_threshold(targets["valid"], scored.scores[winner]["valid"],
+                                                scored.thresholds[winner], winner))
+    if kind != "regression":
+        figures["reliability"] = plot_reliability(targets["test"], test_scores)
+        figures["confusion"] = plot_confusion(scored.metrics[winner]["test"]["confusion_matrix"], inputs.classes, winner)
+    else:
+        figures["residuals"] = plot_residuals(targets["test"], scored.scores[winner]["test"], winner)
+    if slices is not None and len(slices):
+        figures["slices"] = plot_slices(slices, metric, scored.metrics[winner]["test"][metric], winner)
+    return figures
+
+# %% ../nbs/03_validate.ipynb #200f5a9e
 def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
     "Measure, cross-validate, compare and select the run's models; register the winner and move the aliases."
     params = params or ValidateParams()
     set_threads(params.num_threads)
     run = open_run(params.run_dir, stage="validate", params=asdict(params), seed=params.seed, torch=True)
-    inputs, device = _load_inputs(run, params), choose_device(params.device)
-    candidates = _candidate_models(run, params, inputs.features, inputs.classes, device)
-    scored = _score(run, list(candidates), inputs.features, inputs.kind, inputs.classes, params.threshold, device)
-    cv, oof = _cross_validation(inputs, candidates, params, device)
-    choosing = _choosing_rows(scored, inputs.features, oof)
-    comparison = _with_cv(_comparison_table(scored, candidates, inputs.features, choosing, inputs.splits["test"],
-                                            inputs.kind, inputs.classes, inputs.metric, params), cv, inputs.metric)
-    policy = SelectionPolicy(inputs.metric, params.tolerance, params.max_gap, params.max_latency_ms,
-                             params.max_size_mb, split=choosing.split)
-    selection = _selection_record(select_model(comparison, policy), choosing, inputs, scored, params)
+    inputs, device = validation_inputs(run, params), choose_device(params.device)
+    candidates = train_baselines(run, params, inputs, device)
+    scored = score_candidates(run, list(candidates), inputs, threshold_rule=params.threshold, device=device)
+    cv, oof = stage_cross_validation(inputs, candidates, params, device)
+    choosing = choosing_rows(scored, inputs, oof)
+    comparison = add_cv_columns(comparison_table(scored, candidates, inputs, choosing, params), cv, inputs.metric)
+    selection = select_model(comparison, params.policy(inputs.metric, choosing.split))
+    if selection["winner"] is None:
+        raise ValidationError(no_eligible_message(selection))
+    selection = selection_record(selection, choosing, inputs, scored, params)
     comparison["status"] = [selection["candidates"][n]["status"] for n in comparison["model"]]
-    slices = _winner_slices(inputs, scored, selection["winner"], params)
-    metrics = _metrics_record(inputs, scored, selection, slices)
+    slices = winner_slices(inputs, scored, selection["winner"], params)
+    metrics = metrics_record(inputs, scored, selection, slices)
     run.write_json("validation/metrics.json", metrics)
     if cv is not None:
         run.write_json("validation/cv.json", cv)
@@ -1217,10 +1273,10 @@ def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
         run.remove_artifact("validation/cv.json")
     run.write_artifact("validation/comparison.csv", lambda p: comparison.to_csv(p, index=False))
     run.write_json("validation/selection.json", selection)
-    for name, figure in _figures(scored, inputs.targets, inputs.kind, inputs.classes, inputs.metric,
-                                 selection["winner"], comparison, slices, choosing.split).items():
+    for name, figure in stage_figures(scored, inputs, selection, comparison=comparison, slices=slices,
+                                      choosing_split=choosing.split).items():
         save_figure(run, f"validation/plots/{name}.png", figure)
-    registry = _register_winner(run, inputs, scored, selection, params)
+    registry = register_winner(run, inputs, scored, selection, params)
     run.write_json("validation/registry.json", registry)
     return ValidateStageResult(run=run, comparison=comparison, selection=selection, metrics=metrics, cv=cv,
                                registry=registry, scores=scored.scores)

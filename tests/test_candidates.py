@@ -8,7 +8,7 @@ from sklearn.preprocessing import OneHotEncoder
 from tables import binary_mixed, multiclass, regression
 
 from mllifecycle.core import open_run
-from mllifecycle.data import DataConfig, prepare_data
+from mllifecycle.data import DataParams, prepare_data
 from mllifecycle.train import task_kind
 from mllifecycle.validate import CANDIDATES, evaluate, fit_candidate
 
@@ -18,7 +18,7 @@ PRIMARY = {"binary": "auroc", "multiclass": "accuracy", "regression": "r2"}
 def prepared_features(frame, target, tmp_path):
     "Random train/valid/test features of a generated table, through the data stage as a user's CSV."
     frame.to_csv(tmp_path / "table.csv", index=False)
-    prepared = prepare_data(open_run(tmp_path / "run"), DataConfig(data_path=str(tmp_path / "table.csv"),
+    prepared = prepare_data(open_run(tmp_path / "run"), DataParams(data_path=str(tmp_path / "table.csv"),
                                                                    target=target, split="random"))
     features = {s: prepared.pipeline.transform(prepared.splits[s]) for s in ("train", "valid", "test")}
     classes = prepared.pipeline.classes_ if prepared.schema.task == "classification" else None
@@ -27,7 +27,8 @@ def prepared_features(frame, target, tmp_path):
 
 def candidate_metric(name, features, classes):
     kind = task_kind(classes)
-    scorer, _ = fit_candidate(CANDIDATES[name], features["train"], features["valid"], classes, 10, "cpu", 0)
+    scorer, _ = fit_candidate(CANDIDATES[name], features["train"], features["valid"], classes, epochs=10, device="cpu",
+                              seed=0)
     return evaluate(features["test"].target, scorer(features["test"]), kind, classes)[PRIMARY[kind]]
 
 

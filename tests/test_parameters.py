@@ -43,9 +43,21 @@ def test_notebook_pipeline_and_api_use_the_same_defaults(stage):
         {name: value for name, value in api.items() if name != "run_dir"}
 
 
-def test_train_command_uses_the_class_defaults():
+def test_train_command_takes_the_given_values_over_the_class_defaults():
+    "What `mllifecycle train` builds from its parameters: the values given, every other one the class default."
+    from mllifecycle.core import ParamError
     from mllifecycle.train import TrainParams
-    assert TrainParams.from_dict({}) == TrainParams()
+
+    built = TrainParams.from_dict({"epochs": 3, "n_trials": 0, "device": "cpu"})
+    assert (built.epochs, built.n_trials, built.device) == (3, 0, "cpu")
+    defaults = parameter_defaults(TrainParams)
+    assert defaults["epochs"] != 3 and defaults["n_trials"] != 0  # the given values are not the defaults
+    assert {k: getattr(built, k) for k in defaults if k not in ("epochs", "n_trials", "device")} == \
+        {k: v for k, v in defaults.items() if k not in ("epochs", "n_trials", "device")}
+    with pytest.raises(ParamError, match=r"unknown training parameter\(s\) \['epoch'\]"):
+        TrainParams.from_dict({"epoch": 3})
+    with pytest.raises(ParamError, match="epochs"):
+        TrainParams.from_dict({"epochs": 0})
 
 
 def test_params_command_prints_the_class_defaults_and_help(tmp_path):

@@ -7,25 +7,26 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
 from mllifecycle.core import ArtifactError, open_run
-from mllifecycle.data import DataConfig, make_synthetic, prepare_data
+from mllifecycle.data import DataParams, make_synthetic, prepare_data
 from mllifecycle.registry import (
     Registry, RegistryError, RegistryReader, categorical_mask, features_matrix, save_sklearn_model)
 
 
 def sklearn_run(root, task="classification", seed=0):
-    "A prepared synthetic run with two HistGradientBoosting models, `a` and `b`."
+    "A prepared synthetic run with two HistGradientBoosting models, `a` and `b` (returned too, by name)."
     frame = make_synthetic(600, n_numeric=3, n_categorical=1, task=task, seed=seed)
     frame.to_csv(root / "data.csv", index=False)
     run = open_run(root / "run")
-    prepared = prepare_data(run, DataConfig(data_path=str(root / "data.csv"), target="target", task=task))
+    prepared = prepare_data(run, DataParams(data_path=str(root / "data.csv"), target="target", task=task))
     train = prepared.pipeline.transform(prepared.splits["train"])
     classes = prepared.pipeline.classes_ if task == "classification" else None
     Model = HistGradientBoostingClassifier if task == "classification" else HistGradientBoostingRegressor
+    models = {}
     for name, iterations in (("a", 5), ("b", 10)):
         model = Model(max_iter=iterations, categorical_features=categorical_mask(train), random_state=0)
-        save_sklearn_model(run, name, model.fit(features_matrix(train), train.target),
-                           "binary" if classes else "regression", classes)
-    return run, prepared
+        models[name] = model.fit(features_matrix(train), train.target)
+        save_sklearn_model(run, name, models[name], "binary" if classes else "regression", classes)
+    return run, prepared, models
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def registry(tmp_path):
 
 
 def test_register_makes_immutable_numbered_versions(source, registry):
-    run, _ = source
+    run, *_ = source
     assert registry.versions() == [] and registry.register(run, "a") == 1 and registry.register(run, "b") == 2
     assert registry.versions() == [1, 2]
     manifest = registry.verify(2)
@@ -53,7 +54,7 @@ def test_register_makes_immutable_numbered_versions(source, registry):
 
 
 def test_references_resolve_and_unknown_ones_say_what_exists(source, registry):
-    run, _ = source
+    run, *_ = source
     registry.register(run, "a")
     registry.promote(1)
     assert [registry.resolve(ref) for ref in (1, "1", "v1", "champion")] == [1, 1, 1, 1]
@@ -64,7 +65,7 @@ def test_references_resolve_and_unknown_ones_say_what_exists(source, registry):
 
 
 def test_promote_and_rollback_walk_the_alias_history(source, registry):
-    run, _ = source
+    run, *_ = source
     for name in ("a", "b", "a"):
         registry.register(run, name)
     registry.promote(2, alias="challenger")
@@ -72,7 +73,7 @@ def test_promote_and_rollback_walk_the_alias_history(source, registry):
     registry.promote(2)  # the challenger becomes champion and stops challenging
     assert registry.state()["aliases"] == {"champion": 2}
     registry.promote(3)
-    assert registry.alias_stack() == [1, 2, 3]
+    assert registry.aliases.stack() == [1, 2, 3]
     assert registry.rollback(reason="worse live")["version"] == 2
     assert registry.rollback()["version"] == 1
     with pytest.raises(RegistryError, match="no earlier version to roll back to"):
@@ -86,7 +87,7 @@ def test_promote_and_rollback_walk_the_alias_history(source, registry):
 
 
 def test_list_shows_each_version_with_its_aliases(source, registry):
-    run, _ = source
+    run, *_ = source
     registry.register(run, "a", notes={"metric": {"name": "auroc", "value": 0.7}})
     registry.register(run, "b")
     registry.promote(1)
@@ -97,12 +98,15 @@ def test_list_shows_each_version_with_its_aliases(source, registry):
 
 
 def test_loaded_versions_predict_like_the_estimator(source, registry):
-    run, prepared = source
+    run, prepared, models = source
     registry.register(run, "b", threshold=0.3)
     predictor = registry.load(1)
     rows = prepared.splits["test"].head(8)
     out = predictor.predict(rows)
-    assert out.probabilities.shape == (8, 2) and np.allclose(out.probabilities.sum(axis=1), 1)
+    direct = models["b"].predict_proba(features_matrix(prepared.pipeline.transform(rows)))  # the estimator itself
+    assert out.probabilities.shape == (8, 2) and np.allclose(out.probabilities, direct, rtol=0, atol=1e-12)
+    assert not np.allclose(out.probabilities, models["a"].predict_proba(  # and not any model of these rows
+        features_matrix(prepared.pipeline.transform(rows))))
     expected = np.asarray(prepared.pipeline.classes_, dtype=object)[(out.probabilities[:, 1] >= 0.3).astype(int)]
     assert list(out.predictions) == list(expected)
     records = out.to_records()
@@ -112,10 +116,10 @@ def test_loaded_versions_predict_like_the_estimator(source, registry):
 
 
 def test_a_model_of_other_data_is_refused_unless_forced(source, registry, tmp_path):
-    run, _ = source
+    run, *_ = source
     registry.register(run, "a")
     registry.promote(1)
-    prices, _ = sklearn_run(tmp_path, task="regression", seed=1)
+    prices, *_ = sklearn_run(tmp_path, task="regression", seed=1)
     registry.register(prices, "a")
     assert registry.mismatch(2) and registry.mismatch(1) == []
     with pytest.raises(RegistryError, match="is a model of other data than the champion"):
@@ -126,7 +130,7 @@ def test_a_model_of_other_data_is_refused_unless_forced(source, registry, tmp_pa
 
 
 def test_a_changed_file_is_refused_everywhere(source, registry):
-    run, _ = source
+    run, *_ = source
     registry.register(run, "a")
     metrics = registry.package(1).file("metrics.json")
     metrics.chmod(0o644)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from mllifecycle.core import ArtifactError, ParamError, Run, open_run
-from mllifecycle.data import DataConfig, DataError, FeaturePipeline, make_synthetic, prepare_data
+from mllifecycle.data import DataParams, DataError, FeaturePipeline, make_synthetic, prepare_data
 from mllifecycle.train import TrainParams, load_model, train_stage
 
 CLI = shutil.which("mllifecycle")
@@ -34,7 +34,7 @@ def train_cli(run_dir, *params, wait=True, **kwargs):
 def prepared_run(tmp_path_factory):
     "A run directory holding an 8,000-flight sample, prepared once and copied by each test."
     path = tmp_path_factory.mktemp("prepared") / "run"
-    prepare_data(open_run(path, seed=0), DataConfig(sample_rows=8000))
+    prepare_data(open_run(path, seed=0), DataParams(sample_rows=8000))
     return path
 
 
@@ -241,7 +241,7 @@ def test_regression_on_a_users_csv(tmp_path):
     frame = make_synthetic(3000, n_numeric=4, n_categorical=2, task="regression", seed=5)
     frame.to_csv(tmp_path / "prices.csv", index=False)
     run = open_run(tmp_path / "run", seed=0)
-    prepared = prepare_data(run, DataConfig(data_path=str(tmp_path / "prices.csv"), target="target"))
+    prepared = prepare_data(run, DataParams(data_path=str(tmp_path / "prices.csv"), target="target"))
     assert prepared.schema.task == "regression"
     stage = train_stage(TrainParams(run_dir=str(run.path), n_trials=2, epochs=3, progress=False))
     config = run.read_json("models/mlp/config.json")

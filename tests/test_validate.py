@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mllifecycle.core import ArtifactError, ParamError, Run, open_run
-from mllifecycle.data import DataConfig, DataError, Schema, make_synthetic, prepare_data
+from mllifecycle.data import DataParams, DataError, Schema, make_synthetic, prepare_data
 from mllifecycle.registry import Registry, RegistryError, load_predictor, save_sklearn_model
 from mllifecycle.train import TrainParams, train_stage
 from mllifecycle.validate import (
@@ -25,7 +25,7 @@ def validated(tmp_path_factory):
     "A 6,000-flight run, trained and validated once; its registry lives beside it."
     root = tmp_path_factory.mktemp("validated")
     run = open_run(root / "run", seed=0)
-    prepare_data(run, DataConfig(sample_rows=6000))
+    prepare_data(run, DataParams(sample_rows=6000))
     train_stage(TrainParams(run_dir=str(run.path), epochs=4, n_trials=0, progress=False, device="cpu"))
     stage = validate_stage(ValidateParams(run_dir=str(run.path), registry_dir=str(root / "registry"), **FAST))
     return root, stage
@@ -283,7 +283,7 @@ def test_other_tasks_are_validated_end_to_end(tmp_path, task):
         frame["target"] = np.select([frame["num_0"] < -0.5, frame["num_0"] < 0.5], ["low", "mid"], "high")
     frame.to_csv(tmp_path / "data.csv", index=False)
     run = open_run(tmp_path / "run")
-    prepare_data(run, DataConfig(data_path=str(tmp_path / "data.csv"), target="target", task=
+    prepare_data(run, DataParams(data_path=str(tmp_path / "data.csv"), target="target", task=
                                  "regression" if task == "regression" else "classification"))
     train_stage(TrainParams(run_dir=str(run.path), epochs=3, n_trials=0, progress=False, device="cpu"))
     stage = validate_stage(ValidateParams(run_dir=str(run.path), **FAST))
