@@ -43,14 +43,14 @@ def make_input(path: Path, rows: int, seed: int = 0):
 def make_registry(folder: Path) -> Path:
     "A registry whose champion is a torch linear model (a default run's champion) trained on 20,000 generated rows."
     from mllifecycle.core import open_run
-    from mllifecycle.data import DataConfig, make_synthetic, prepare_data
+    from mllifecycle.data import DataParams, make_synthetic, prepare_data
     from mllifecycle.registry import Registry
     from mllifecycle.train import TrainConfig, fit, save_model
 
     generated = make_synthetic(20_000, n_numeric=24, n_categorical=6, missing_frac=0.01, seed=99)
     generated.to_parquet(folder / "train.parquet")
     run = open_run(folder / "run")
-    prepared = prepare_data(run, DataConfig(data_path=str(folder / "train.parquet"), target="target"))
+    prepared = prepare_data(run, DataParams(data_path=str(folder / "train.parquet"), target="target"))
     train, valid = (prepared.pipeline.transform(prepared.splits[s]) for s in ("train", "valid"))
     config = TrainConfig(epochs=3, depth=0, dropout=0.0, lr=3e-2)  # the "linear" candidate, as a default run picks
     save_model(run, "linear", fit(train, valid, config, classes=prepared.pipeline.classes_, device="cpu",

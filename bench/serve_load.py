@@ -230,7 +230,7 @@ def where_the_time_goes(registry: Path, rows: Path, bodies: list[bytes]) -> dict
                  "feature pipeline (record path)": per_call(lambda: encoder(records)),
                  "model": per_call(lambda: predictor.scores(features)),
                  "decide": per_call(lambda: predictor.decide(scores)),
-                 "serialise": per_call(lambda: answer_body(answers, 0, n, "id", 1, is_list))}
+                 "serialise": per_call(lambda: answer_body(answers, 0, n, request_id="id", version=1, is_list=is_list))}
         frame = pd.DataFrame(json.loads(body) if is_list else [json.loads(body)])
         steps["(the frame path: Predictor.predict)"] = per_call(lambda: predictor.predict(frame), 50)
         out[label] = {k: round(v / n, 1) for k, v in steps.items()}

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import os
 import queue
@@ -13,6 +14,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -22,19 +25,32 @@ import pyarrow.parquet as pq
 
 from .core import ArtifactError, ParamError, check_integer
 from .data import DataError, Schema, check_expression
-from .registry import Predictions, Predictor
+from .registry import PREDICTION, Predictions, Predictor, probability_column
 
 # %% auto #0
-__all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'input_columns', 'log_schema', 'log_table', 'text_columns',
-           'PredictionLog', 'read_log', 'log_inputs', 'parse_part', 'input_units', 'read_chunks', 'prefetch',
-           'in_order', 'predict_file']
+__all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFIX', 'SHADOW_VERSION', 'BatchError',
+           'shadow_column', 'input_columns', 'output_fields', 'log_schema', 'log_table', 'text_columns', 'LoggedBatch',
+           'logged_inputs', 'record_columns', 'no_answers', 'joined_answers', 'logged_table', 'write_log_part',
+           'PredictionLog', 'read_log', 'log_inputs', 'log_scores', 'output_values', 'parse_part', 'input_units',
+           'read_chunks', 'prefetch', 'in_order', 'score_chunk', 'predict_file']
+
+# %% ../nbs/04_batch.ipynb #591b51cb
+class BatchError(DataError):
+    "Batch inference cannot read or score its input: the file, row group or rows are named."
 
 # %% ../nbs/04_batch.ipynb #6454c28b
 LOG_FORMAT = "mllifecycle.predictions/1"
-LOG_META = ("request_id", "row", "timestamp", "model_version", "latency_ms")  # the columns every log row starts with
-INPUT_PREFIX, KEY_PREFIX = "input.", "key."  # the data's own columns, prefixed: they never clash with the log's
+LOG_META = {"request_id": pa.string(), "row": pa.int64(), "timestamp": pa.timestamp("us", tz="UTC"),
+            "model_version": pa.int64(), "latency_ms": pa.float64()}  # the columns every log row starts with
+INPUT_PREFIX, KEY_PREFIX, SHADOW_PREFIX = "input.", "key.", "shadow_"  # the data's columns; a shadow model's answers
+SHADOW_VERSION = SHADOW_PREFIX + "version"
 
 
+def shadow_column(name: str) -> str:
+    "The column holding a shadow model's value of log column `name` (`prediction`, `probability_<class>`)."
+    return SHADOW_PREFIX + name
+
+# %% ../nbs/04_batch.ipynb #3c2d732b
 def input_columns(predictor: Predictor) -> list[str]:
     "The raw columns a model reads: its schema's feature and time columns, then any other column a derived feature uses."
     names = [c.name for c in predictor.schema.columns.values() if c.role in ("feature", "time")]
@@ -42,37 +58,40 @@ def input_columns(predictor: Predictor) -> list[str]:
         names += [n for n in check_expression(expression) if n not in names]
     return names
 
-
+# %% ../nbs/04_batch.ipynb #96032760
 def _column_type(schema: Schema, name: str) -> pa.DataType:
+    "The Arrow type a log gives one of the data's columns: by its kind in the schema (numbers when unknown)."
     column = schema.columns.get(name)
     if column is None or column.kind == "numeric":
         return pa.float64()
     return pa.timestamp("us", tz="UTC") if column.kind == "datetime" else pa.string()
 
+# %% ../nbs/04_batch.ipynb #50247ef5
+def output_fields(predictor: Predictor) -> list[pa.Field]:
+    "The answer's columns: `prediction` (the label's type, or float64), then `probability_<class>` per class."
+    label = pa.float64() if predictor.kind == "regression" else pa.array(predictor.classes).type
+    probabilities = [] if predictor.kind == "regression" else predictor.classes
+    return [pa.field(PREDICTION, label), *(pa.field(probability_column(c), pa.float64()) for c in probabilities)]
 
+# %% ../nbs/04_batch.ipynb #d5d4b66d
 def log_schema(predictor: Predictor,  # the model whose answers are logged
                inputs: bool = True,  # include the input columns (batch output may leave them out)
                shadow: bool = False,  # include a shadow model's answers
               ) -> pa.Schema:
     "The Arrow schema of a prediction log: metadata, `key.` columns, `input.` columns, outputs (and the shadow's)."
-    schema = predictor.schema
-    label = pa.float64() if predictor.kind == "regression" else pa.array(predictor.classes).type
-    outputs = [pa.field("prediction", label)]
-    outputs += [pa.field(f"probability_{c}", pa.float64()) for c in (predictor.classes or [])
-                if predictor.kind != "regression"]
-    fields = [pa.field("request_id", pa.string()), pa.field("row", pa.int64()),
-              pa.field("timestamp", pa.timestamp("us", tz="UTC")), pa.field("model_version", pa.int64()),
-              pa.field("latency_ms", pa.float64())]
+    schema, outputs = predictor.schema, output_fields(predictor)
+    fields = [pa.field(name, kind) for name, kind in LOG_META.items()]
     fields += [pa.field(KEY_PREFIX + n, pa.string()) for n in schema.names("id")]
     fields += [pa.field(INPUT_PREFIX + n, _column_type(schema, n)) for n in input_columns(predictor)] if inputs else []
     fields += outputs
     if shadow:
-        fields += [pa.field("shadow_version", pa.int64())] + [pa.field(f"shadow_{f.name}", f.type) for f in outputs]
+        fields += [pa.field(SHADOW_VERSION, pa.int64())] + [pa.field(shadow_column(f.name), f.type) for f in outputs]
     metadata = {"format": LOG_FORMAT, "model": predictor.name, "kind": predictor.kind, "target": schema.target}
     return pa.schema(fields, metadata={k: str(v) for k, v in metadata.items()})
 
-# %% ../nbs/04_batch.ipynb #4ed763d3
+# %% ../nbs/04_batch.ipynb #b22f5558
 def _values(inputs: pd.DataFrame | list[dict] | dict, name: str) -> Any:
+    "The values of log column `name` (an `input.` or `key.` column) from a frame, records, or columns."
     name = name.removeprefix(INPUT_PREFIX) if name.startswith(INPUT_PREFIX) else name.removeprefix(KEY_PREFIX)
     if isinstance(inputs, pd.DataFrame):
         return inputs[name] if name in inputs else pd.Series([None] * len(inputs), dtype=object)
@@ -80,8 +99,9 @@ def _values(inputs: pd.DataFrame | list[dict] | dict, name: str) -> Any:
         return inputs[name]
     return [record.get(name) for record in inputs]
 
-
+# %% ../nbs/04_batch.ipynb #a053c5f9
 def _as_array(values: Any, kind: pa.DataType) -> pa.Array:
+    "Values as an Arrow array of type `kind`, converted without a Python loop wherever they allow it."
     if isinstance(values, pa.Array):
         return values.cast(kind)
     if pa.types.is_string(kind):
@@ -101,10 +121,11 @@ def _as_array(values: Any, kind: pa.DataType) -> pa.Array:
         values = pd.to_datetime(values, utc=True, format="ISO8601")
     return pa.array(values, kind, from_pandas=True)
 
-
+# %% ../nbs/04_batch.ipynb #46bb0d0d
 def log_table(schema: pa.Schema,  # from `log_schema`
               inputs: pd.DataFrame | list[dict] | dict,  # the rows scored: a frame, records, or name → column
               predictions: Predictions,  # their answers
+              *,
               request_id: str | list[str],  # one id for all rows, or one per row
               rows: np.ndarray,  # each row's place in its request or file
               timestamp: dt.datetime | pd.Series,  # when (or the rows' event times)
@@ -113,34 +134,102 @@ def log_table(schema: pa.Schema,  # from `log_schema`
               shadow: tuple[int | None | list, Predictions] | None = None,  # a shadow model's version(s), answers
              ) -> pa.Table:
     "One batch of answers as a table of the prediction log's schema."
-    n, columns = len(predictions), {}
-    columns["request_id"] = pa.repeat(request_id, n) if isinstance(request_id, str) else list(request_id)
-    columns["row"] = np.asarray(rows, dtype=np.int64)
-    columns["timestamp"] = (pa.repeat(pa.scalar(timestamp, pa.timestamp("us", tz="UTC")), n)
-                            if isinstance(timestamp, dt.datetime) else timestamp)
-    columns["model_version"] = (model_version if isinstance(model_version, list)
-                                else pa.repeat(pa.scalar(model_version, pa.int64()), n))
-    columns["latency_ms"] = np.broadcast_to(np.asarray(latency_ms, dtype="float64"), (n,))
-    outputs = {"prediction": predictions.predictions}
-    for j, label in enumerate(predictions.classes or []):
-        outputs[f"probability_{label}"] = predictions.probabilities[:, j]
-    columns.update(outputs)
+    n = len(predictions)
+    columns = {"request_id": pa.repeat(request_id, n) if isinstance(request_id, str) else list(request_id),
+               "row": np.asarray(rows, dtype=np.int64),
+               "timestamp": (pa.repeat(pa.scalar(timestamp, LOG_META["timestamp"]), n)
+                             if isinstance(timestamp, dt.datetime) else timestamp),
+               "model_version": (model_version if isinstance(model_version, list)
+                                 else pa.repeat(pa.scalar(model_version, pa.int64()), n)),
+               "latency_ms": np.broadcast_to(np.asarray(latency_ms, dtype="float64"), (n,))}
+    columns.update(predictions.to_frame().to_dict("series"))
     if shadow is not None:
         version, answers = shadow
-        columns["shadow_version"] = version if isinstance(version, list) else [version] * n
-        columns["shadow_prediction"] = answers.predictions
-        for j, label in enumerate(answers.classes or []):
-            columns[f"shadow_probability_{label}"] = answers.probabilities[:, j]
+        columns[SHADOW_VERSION] = version if isinstance(version, list) else [version] * n
+        columns.update({shadow_column(name): values for name, values in answers.to_frame().to_dict("series").items()})
     arrays = []
     for f in schema:
         arrays.append(_as_array(columns[f.name] if f.name in columns else _values(inputs, f.name), f.type))
         time.sleep(0)  # let other threads — a server's event loop — in between columns, not after the whole table
     return pa.Table.from_arrays(arrays, schema=schema)
 
-# %% ../nbs/04_batch.ipynb #d8f6ca50
+# %% ../nbs/04_batch.ipynb #05386d0a
 def text_columns(schema: pa.Schema) -> list[str]:
     "The text columns of a log schema: the ones worth Parquet's dictionary encoding."
     return [f.name for f in schema if pa.types.is_string(f.type)]
+
+# %% ../nbs/04_batch.ipynb #2b9bbd8e
+@dataclass
+class LoggedBatch:
+    "One scored batch, as the prediction log keeps it until its buffer is written: its inputs as columns."
+    inputs: dict[str, list | np.ndarray]  # from `record_columns`
+    answers: Predictions
+    request_ids: list[str]
+    rows: np.ndarray  # each record's place in its request
+    when: dt.datetime
+    version: int | None
+    latency_ms: float
+    shadow: tuple[int | None, Predictions] | None = None  # a shadow model's version and answers
+
+# %% ../nbs/04_batch.ipynb #ea2d7c11
+def logged_inputs(schema: pa.Schema) -> tuple[list[str], list[str]]:
+    "The data's columns a log schema holds: (the numeric inputs, the others — text, timestamps and keys)."
+    names = [f.name.split(".", 1)[1] for f in schema if f.name.startswith((INPUT_PREFIX, KEY_PREFIX))]
+    numeric = [n for n in names if INPUT_PREFIX + n in schema.names
+               and pa.types.is_floating(schema.field(INPUT_PREFIX + n).type)]
+    return numeric, [n for n in names if n not in numeric]
+
+# %% ../nbs/04_batch.ipynb #f612787e
+def record_columns(records: list[dict], numeric: list[str], other: list[str]) -> dict[str, list | np.ndarray]:
+    "Records as columns: float64 arrays for numeric inputs, lists for the rest (the dicts can then be freed)."
+    columns = {name: np.array([r[name] for r in records], dtype="float64") for name in numeric}
+    columns.update({name: [r.get(name) for r in records] for name in other})
+    return columns
+
+# %% ../nbs/04_batch.ipynb #df2529f8
+def no_answers(answers: Predictions) -> Predictions:
+    "Missing answers shaped like `answers`: the log's entry for a shadow model that skipped a batch."
+    empty = np.full(len(answers), None, dtype=object)
+    probabilities = None if answers.probabilities is None else np.full(answers.probabilities.shape, np.nan)
+    return Predictions(empty, probabilities, answers.classes)
+
+# %% ../nbs/04_batch.ipynb #6f08fb4d
+def joined_answers(answers: list[Predictions]) -> Predictions:
+    "Several batches' answers, end to end."
+    probabilities = [a.probabilities for a in answers]
+    return Predictions(np.concatenate([a.predictions for a in answers]),
+                       None if probabilities[0] is None else np.concatenate(probabilities), answers[0].classes)
+
+# %% ../nbs/04_batch.ipynb #69861244
+def _concatenated(parts: list) -> list | np.ndarray:
+    "Columns of several batches end to end: arrays as one array, lists as one list."
+    return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else list(itertools.chain.from_iterable(parts))
+
+# %% ../nbs/04_batch.ipynb #5f6b37ab
+def logged_table(schema: pa.Schema, batches: list[LoggedBatch]) -> pa.Table:
+    "The prediction log's rows for a buffer of batches: one table, built once on the log's writer thread."
+    sizes = [len(b.answers) for b in batches]
+    shadow = None
+    if SHADOW_VERSION in schema.names:
+        shadow = ([b.shadow[0] if b.shadow else None for b, n in zip(batches, sizes) for _ in range(n)],
+                  joined_answers([b.shadow[1] if b.shadow else no_answers(b.answers) for b in batches]))
+    inputs = {name: _concatenated([b.inputs[name] for b in batches]) for name in batches[0].inputs}
+    return log_table(schema, inputs, joined_answers([b.answers for b in batches]),
+                     request_id=[i for b in batches for i in b.request_ids], rows=np.concatenate([b.rows for b in batches]),
+                     timestamp=np.repeat(np.array([b.when.replace(tzinfo=None) for b in batches], "datetime64[us]"), sizes),
+                     model_version=[b.version for b, n in zip(batches, sizes) for _ in range(n)],
+                     latency_ms=np.repeat([b.latency_ms for b in batches], sizes), shadow=shadow)
+
+# %% ../nbs/04_batch.ipynb #8258a03e
+def write_log_part(path: Path,  # the part file to write
+                   schema: pa.Schema,  # the log's schema
+                   tables: list[pa.Table],  # the buffer's rows
+                  ) -> pa.Table:  # what was written
+    "Write tables as one Parquet part file of the log, atomically (a temporary name, then renamed)."
+    table = pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
+    pq.write_table(table, path.with_suffix(".parquet.tmp"), use_dictionary=text_columns(schema))
+    os.replace(path.with_suffix(".parquet.tmp"), path)
+    return table
 
 # %% ../nbs/04_batch.ipynb #4e548a3d
 class PredictionLog:
@@ -148,6 +237,7 @@ class PredictionLog:
 
     def __init__(self, folder: str | Path,  # where the part files go
                  schema: pa.Schema,  # from `log_schema`
+                 *,
                  buffer_rows: int = 5000,  # hand a buffer to the writer at this many rows...
                  flush_seconds: float = 2.0,  # ...or when its oldest row is this old
                  max_pending: int = 8,  # buffers waiting for the disk; beyond this they are dropped (and counted)
@@ -203,10 +293,8 @@ class PredictionLog:
         try:
             items = [item for _, item in buffer]
             tables = [self.build(items)] if self.build else [item() if callable(item) else item for item in items]
-            table = pa.concat_tables([t.select(self.schema.names).cast(self.schema) for t in tables])
             path = self.folder / f"{self._prefix}-{len(self.parts):06d}.parquet"
-            pq.write_table(table, path.with_suffix(".parquet.tmp"), use_dictionary=text_columns(self.schema))
-            os.replace(path.with_suffix(".parquet.tmp"), path)
+            table = write_log_part(path, self.schema, tables)
         except Exception as e:  # a bad buffer must not stop the writer: count it and go on
             logging.getLogger(__name__).error("prediction log: a buffer could not be written: %s", e)
             self.dropped_rows += sum(rows for rows, _ in buffer)
@@ -247,11 +335,29 @@ def read_log(path: str | Path) -> pd.DataFrame:
         tables.append(table)
     return pa.concat_tables(tables, promote_options="default").to_pandas()
 
-
+# %% ../nbs/04_batch.ipynb #7e555513
 def log_inputs(log: pd.DataFrame) -> pd.DataFrame:
     "The input columns of a prediction log under their own names (what the model was asked about)."
     inputs = [c for c in log.columns if c.startswith(INPUT_PREFIX)]
     return log[inputs].rename(columns=lambda c: c.removeprefix(INPUT_PREFIX))
+
+# %% ../nbs/04_batch.ipynb #d684e090
+def log_scores(predictor: Predictor, log: pd.DataFrame, prefix: str = "") -> np.ndarray:
+    "Scores as `Predictor.scores` gives them, read back from a log (`prefix`: a shadow's): P(class 1), probabilities, or values."
+    if predictor.kind == "binary":
+        return log[prefix + probability_column(predictor.classes[1])].to_numpy("float64")
+    if predictor.kind == "multiclass":
+        return log[[prefix + probability_column(c) for c in predictor.classes]].to_numpy("float64")
+    return log[prefix + PREDICTION].to_numpy("float64")
+
+# %% ../nbs/04_batch.ipynb #17b992f8
+def output_values(predictor: Predictor, answers: pd.DataFrame) -> pd.Series:
+    "The model's output as one monitored column: P(positive class) (binary), the predicted class, or the value."
+    if predictor.kind == "binary":
+        return answers[probability_column(predictor.classes[1])].astype("float64").rename("output")
+    if predictor.kind == "multiclass":
+        return answers[PREDICTION].astype(str).rename("output")
+    return answers[PREDICTION].astype("float64").rename("output")
 
 # %% ../nbs/04_batch.ipynb #d9368b34
 def parse_part(part: str | tuple[int, int]) -> tuple[int, int]:
@@ -264,17 +370,17 @@ def parse_part(part: str | tuple[int, int]) -> tuple[int, int]:
         raise ParamError(f"part {index}/{count}: I must be between 1 and N")
     return index, count
 
-
+# %% ../nbs/04_batch.ipynb #0d33c593
 def input_units(path: str | Path,  # a Parquet file, a folder of Parquet parts, or a CSV file
                 part: str | tuple[int, int] = "1/1",  # this process's share
                ) -> list[tuple[Path, int | None, int]]:  # (file, row group or None for CSV, first row number)
     "The units of work of a batch job — Parquet row groups or one CSV — with each unit's first row; this part's share."
     path, (index, count) = Path(path).expanduser(), parse_part(part)
     if not path.exists():
-        raise DataError(f"input {path} does not exist")
+        raise BatchError(f"input {path} does not exist")
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
-        raise DataError(f"input folder {path} holds no .parquet files")
+        raise BatchError(f"input folder {path} holds no .parquet files")
     units, first = [], 0
     for file in files:
         if file.suffix.lower() in (".csv", ".gz", ".txt") and not path.is_dir():
@@ -283,7 +389,7 @@ def input_units(path: str | Path,  # a Parquet file, a folder of Parquet parts, 
         try:
             metadata = pq.ParquetFile(file).metadata
         except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"input {file} is not a readable Parquet file: {e}") from None
+            raise BatchError(f"input {file} is not a readable Parquet file: {e}") from None
         for group in range(metadata.num_row_groups):
             units.append((file, group, first))
             first += metadata.row_group(group).num_rows
@@ -305,7 +411,7 @@ def read_chunks(units: list[tuple[Path, int | None, int]],  # from `input_units`
                 for i, frame in enumerate(reader):
                     yield first + i * chunk_rows, frame[[c for c in columns if c in header]]
             except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-                raise DataError(f"input {file} cannot be read as CSV: {str(e).strip()}") from None
+                raise BatchError(f"input {file} cannot be read as CSV: {str(e).strip()}") from None
             continue
         try:
             parquet = pq.ParquetFile(file)
@@ -314,7 +420,7 @@ def read_chunks(units: list[tuple[Path, int | None, int]],  # from `input_units`
                 yield first, batch.to_pandas()
                 first += batch.num_rows
         except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"input {file} (row group {group}) cannot be read: {e}") from None
+            raise BatchError(f"input {file} (row group {group}) cannot be read: {e}") from None
 
 # %% ../nbs/04_batch.ipynb #aeab3c9a
 def prefetch(items: Iterator, depth: int = 2) -> Iterator:
@@ -352,10 +458,6 @@ def prefetch(items: Iterator, depth: int = 2) -> Iterator:
         stop.set()
 
 # %% ../nbs/04_batch.ipynb #811c0746
-def _chunk_error(error: Exception, file: Path, first: int, rows: int) -> DataError:
-    return DataError(f"rows {first}–{first + rows - 1} of {file.name}: {error}")
-
-
 def in_order(score: Callable[[int, pd.DataFrame], Any],  # (first row, rows) → result, run on a worker thread
              chunks: Iterator[tuple[int, pd.DataFrame]],  # from `read_chunks`
              workers: int = 2,  # threads scoring at once
@@ -373,10 +475,32 @@ def in_order(score: Callable[[int, pd.DataFrame], Any],  # (first row, rows) →
         while pending:
             yield pending.popleft().result()
 
+# %% ../nbs/04_batch.ipynb #92039273
+def score_chunk(predictor: Predictor,  # the model
+                schema: pa.Schema,  # the output's log schema
+                frame: pd.DataFrame,  # the chunk's rows
+                *,
+                first: int,  # the chunk's first row number in the input
+                job: str,  # the job's request id
+                source: str | Path,  # the input, for messages
+                time_column: str | None = None,  # the log's timestamp: this column's values (default: now)
+               ) -> pa.Table:  # the chunk's rows of the log
+    "Score one chunk through the predict interface into its rows of the prediction log."
+    tick = time.perf_counter()
+    try:
+        answers = predictor.predict(frame)
+    except DataError as e:
+        raise BatchError(f"rows {first}–{first + len(frame) - 1} of {Path(source).name}: {e}") from None
+    latency = (time.perf_counter() - tick) * 1000 / len(frame)
+    when = frame[time_column] if time_column else dt.datetime.now(dt.timezone.utc)
+    return log_table(schema, frame, answers, request_id=job, rows=np.arange(first, first + len(frame)),
+                     timestamp=when, model_version=predictor.version, latency_ms=latency)
 
+# %% ../nbs/04_batch.ipynb #faee5c6e
 def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("champion")`)
                  input: str | Path,  # a Parquet file, a folder of Parquet parts, or a CSV file
                  output: str | Path,  # the Parquet file to write (replaced only when the job succeeds)
+                 *,
                  chunk_rows: int = 65536,  # rows scored at once
                  part: str | tuple[int, int] = "1/1",  # this process's share of the job ("I/N")
                  inputs: bool = False,  # also write the input columns (a full prediction log, for monitoring)
@@ -402,28 +526,18 @@ def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("
     total = sum(pq.ParquetFile(f).metadata.row_group(g).num_rows for f, g, _ in units if g is not None) or None
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary, job = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp"), uuid.uuid4().hex[:12]
+    score = partial(score_chunk, predictor, schema, job=job, source=input, time_column=time_column)
     started, rows = time.perf_counter(), 0
-
-    def score(first: int, frame: pd.DataFrame) -> pa.Table:
-        tick = time.perf_counter()
-        try:
-            answers = predictor.predict(frame)
-        except DataError as e:
-            raise _chunk_error(e, Path(input), first, len(frame)) from None
-        latency = (time.perf_counter() - tick) * 1000 / len(frame)
-        when = (frame[time_column] if time_column else dt.datetime.now(dt.timezone.utc))
-        return log_table(schema, frame, answers, job, np.arange(first, first + len(frame)), when, predictor.version,
-                         latency)
-
     try:
         with pq.ParquetWriter(temporary, schema, use_dictionary=text_columns(schema)) as writer, \
                 tqdm(total=total, unit="rows", unit_scale=True, disable=not progress, desc="predict") as bar:
-            for table in in_order(score, prefetch(read_chunks(units, wanted, chunk_rows, text)), workers):
+            chunks = prefetch(read_chunks(units, wanted, chunk_rows, text))
+            for table in in_order(lambda first, frame: score(frame, first=first), chunks, workers):
                 writer.write_table(table)
                 rows += table.num_rows
                 bar.update(table.num_rows)
         if rows == 0:
-            raise DataError(f"input {input} has no rows to score")
+            raise BatchError(f"input {input} has no rows to score")
         os.replace(temporary, output)
     finally:
         temporary.unlink(missing_ok=True)
