@@ -23,7 +23,7 @@ __all__ = ['MISSING', 'UNSEEN', 'PROFILE_FORMAT', 'PSI_FLOOR', 'KS_EXACT_MAX', '
 class DriftError(MLLifecycleError):
     "Drift cannot be measured: no reference, an empty window, or columns the reference does not know."
 
-
+# %% ../nbs/05_drift.ipynb #dce51bd2
 @dataclass
 class DriftThresholds:
     "When a column, and a whole window, counts as drifted."
@@ -57,7 +57,7 @@ def _as_text(values: pd.Series) -> pd.Series:
         text = values.astype("object").where(values.notna(), None).map(lambda v: v if v is None else str(v))
     return text.fillna(MISSING).astype(str)
 
-
+# %% ../nbs/05_drift.ipynb #53cbc9d7
 @dataclass
 class ReferenceProfile:
     "What a window is compared with: per column, sorted values (numeric) or category counts; saved once per run."
@@ -69,7 +69,7 @@ class ReferenceProfile:
     def kind(self, name: str) -> str:
         return self.columns[name]["kind"]
 
-
+# %% ../nbs/05_drift.ipynb #2b1bb6c2
 def reference_profile(frame: pd.DataFrame,  # the reference rows (e.g. the training split's inputs)
                       columns: list[str] | None = None,  # columns to profile; None → every column
                       thresholds: DriftThresholds | None = None,
@@ -116,7 +116,7 @@ def save_profile(run, profile: ReferenceProfile, name: str = "monitoring/referen
     run.write_json(f"{name}.json", {"format": PROFILE_FORMAT, "rows": profile.rows, "source": profile.source,
                                     "columns": profile.columns})
 
-
+# %% ../nbs/05_drift.ipynb #075df84f
 def load_profile(run, name: str = "monitoring/reference") -> ReferenceProfile:
     "Read a saved profile (checksums verified)."
     record = run.read_json(f"{name}.json")
@@ -141,7 +141,7 @@ def psi(reference_counts: np.ndarray, current_counts: np.ndarray) -> float:
     cur = np.maximum(np.asarray(current_counts, "float64") / max(np.sum(current_counts), 1), PSI_FLOOR)
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
-
+# %% ../nbs/05_drift.ipynb #e0355772
 def _right_counts(values: np.ndarray) -> np.ndarray:
     "For sorted `values`: how many are ≤ each one (its rank, or the end of its run of ties)."
     step = values[1:] != values[:-1]
@@ -150,7 +150,7 @@ def _right_counts(values: np.ndarray) -> np.ndarray:
     ends = np.flatnonzero(np.r_[step, True])
     return ends[np.r_[0, np.cumsum(step)]] + 1
 
-
+# %% ../nbs/05_drift.ipynb #e52dddab
 def numeric_statistics(reference: np.ndarray,  # the reference's sorted non-missing values
                        current: np.ndarray,  # the window's values (any order; NaN allowed)
                        edges: list | np.ndarray,  # the frozen PSI bin edges
@@ -200,7 +200,7 @@ def category_counts(values: pd.Series | np.ndarray,  # the window's values
     return np.bincount(np.where(codes < 0, len(categories), codes), weights=counts.to_numpy(),
                        minlength=len(categories) + 1).astype("int64")
 
-
+# %% ../nbs/05_drift.ipynb #d26c055f
 def categorical_statistics(reference_counts: np.ndarray,  # per category (and the unseen bin, 0)
                            current_counts: np.ndarray,  # the same bins
                           ) -> dict:
@@ -242,7 +242,7 @@ def _column_row(profile: ReferenceProfile, name: str, values: pd.Series) -> dict
             "missing_share": float(values.isna().mean()) if len(values) else np.nan,
             "reference_missing_share": column["missing"] / max(column["rows"], 1)}
 
-
+# %% ../nbs/05_drift.ipynb #68ae898d
 def _decide(table: pd.DataFrame, reference_rows: int, thresholds: DriftThresholds) -> pd.DataFrame:
     "Add the deciding test, its statistic and threshold, the BH-adjusted p-value and the verdict per column."
     from scipy.stats import false_discovery_control
@@ -267,7 +267,7 @@ def _decide(table: pd.DataFrame, reference_rows: int, thresholds: DriftThreshold
         table["drifted"] = table["statistic"].astype("float64") >= table["threshold"]
     return table
 
-
+# %% ../nbs/05_drift.ipynb #b1bb2aac
 def window_drift(profile: ReferenceProfile,  # the reference
                  window: pd.DataFrame,  # the window's rows (the profiled columns, under their own names)
                  thresholds: DriftThresholds | None = None,
@@ -293,7 +293,7 @@ def window_drift(profile: ReferenceProfile,  # the reference
         rows = [_column_row(profile, name, window[name]) for name in columns]
     return _decide(pd.DataFrame(rows), profile.rows, thresholds)
 
-
+# %% ../nbs/05_drift.ipynb #17535fd6
 def dataset_drift(table: pd.DataFrame, thresholds: DriftThresholds | None = None) -> dict:
     "Whether the window as a whole drifted: the share of drifted columns against `drift_share`."
     thresholds = thresholds or DriftThresholds()

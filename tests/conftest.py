@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+LIFECYCLE = ("core", "data", "train", "registry", "validate", "batch", "serve", "deploy", "drift", "retrain", "monitor",
+             "report", "pipeline", "cli")  # the modules (and chapters) in lifecycle order: each imports only earlier ones
+
 
 @pytest.fixture
 def synthetic_csv(tmp_path):
@@ -47,14 +50,14 @@ def served_registry(tmp_path_factory):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from mllifecycle.core import open_run
-    from mllifecycle.data import DataConfig, prepare_data
+    from mllifecycle.data import DataParams, prepare_data
     from mllifecycle.registry import Registry, categorical_mask, features_matrix, save_sklearn_model
     from mllifecycle.train import TrainConfig, fit, save_model
 
     root = tmp_path_factory.mktemp("served")
     messy_table().to_csv(root / "messy.csv", index=False)
     run = open_run(root / "run")
-    prepared = prepare_data(run, DataConfig(data_path=str(root / "messy.csv"), target="target",
+    prepared = prepare_data(run, DataParams(data_path=str(root / "messy.csv"), target="target",
                                             id_columns=["order_id"], derived={"ratio": "num_0 / (num_1 + 3)"}))
     train, valid = (prepared.pipeline.transform(prepared.splits[s]) for s in ("train", "valid"))
     classes = prepared.pipeline.classes_
@@ -69,6 +72,42 @@ def served_registry(tmp_path_factory):
     registry.promote(versions[0])
     registry.promote(versions[1], alias="challenger")
     return {"root": registry.root, "run": run, "prepared": prepared, "versions": versions}
+
+
+@pytest.fixture(scope="session")
+def drift_world(tmp_path_factory):
+    "A run on 8,000 synthetic rows (concept drift at 85%), an HGB champion in a registry, and the stream's batch log."
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from mllifecycle.batch import predict_file, read_log
+    from mllifecycle.core import open_run
+    from mllifecycle.data import DataParams, make_synthetic, prepare_data
+    from mllifecycle.registry import Registry, categorical_mask, features_matrix, save_sklearn_model
+
+    root = tmp_path_factory.mktemp("monitor")
+    make_synthetic(8000, n_numeric=4, n_categorical=2, drift="concept", drift_start=0.85, freq="10min", seed=3) \
+        .to_csv(root / "data.csv", index=False)
+    run = open_run(root / "run")
+    prepared = prepare_data(run, DataParams(data_path=str(root / "data.csv"), target="target"))
+    train = prepared.pipeline.transform(prepared.splits["train"])
+    estimator = HistGradientBoostingClassifier(max_iter=40, categorical_features=categorical_mask(train), random_state=0)
+    save_sklearn_model(run, "hgb", estimator.fit(features_matrix(train), train.target), "binary",
+                       prepared.pipeline.classes_)
+    registry = Registry(root / "registry")
+    registry.promote(registry.register(run, "hgb", threshold=0.5, notes={"metric": {"name": "auroc"}}))
+    predictor = registry.load("champion")
+    predict_file(predictor, run.file("data/stream.parquet"), root / "log.parquet", inputs=True, time_column="timestamp",
+                 progress=False)
+    return {"root": root, "run": run, "prepared": prepared, "registry": registry, "predictor": predictor,
+            "log": read_log(root / "log.parquet")}
+
+
+def copy_registry(registry, folder):
+    "A copy of `registry` under `folder`, for a test that moves its aliases."
+    from mllifecycle.registry import Registry
+
+    shutil.copytree(registry.root, Path(folder) / "registry")
+    return Registry(Path(folder) / "registry")
 
 
 def mllifecycle(*args, cwd):
