@@ -38,7 +38,7 @@ class Command:
 COMMANDS: list[Command] = []
 GROUPS = {"registry": "the model registry the runs share: list, promote, rollback"}  # help of multi-word commands
 
-
+# %% ../nbs/08_cli.ipynb #b86ade00
 def command(name: str, help: str, options: Callable[[argparse.ArgumentParser], None] = lambda parser: None):
     "Register the decorated function as the command `name`."
     def register(run: Callable[[argparse.Namespace], int]):
@@ -54,7 +54,7 @@ def _parameter_options(parser: argparse.ArgumentParser):
     parser.add_argument("--run-dir", help="run directory to use (default: RUNS_ROOT/<new id>)")
     parser.add_argument("--runs-root", default="runs", help="where new run directories go (default: runs)")
 
-
+# %% ../nbs/08_cli.ipynb #10be0b78
 def given_params(args: argparse.Namespace) -> dict[str, Any]:
     "The stage parameters of a command line: the `--params` file, then each `-p KEY VALUE` over it."
     params = load_params_file(args.params) if args.params else {}
@@ -167,7 +167,7 @@ def _registry_options(parser: argparse.ArgumentParser):
     parser.add_argument("--registry", help="the registry folder (default: RUNS_ROOT/registry)")
     parser.add_argument("--runs-root", default="runs", help="where the runs are (default: runs)")
 
-
+# %% ../nbs/08_cli.ipynb #74fb8534
 def open_registry(args: argparse.Namespace, must_exist: bool = True):
     "The registry a command names (`--registry`, else RUNS_ROOT/registry); `ParamError` when there is none."
     from mllifecycle.registry import Registry
@@ -242,7 +242,7 @@ def dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence
             parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=parse_value, default=None,
                                 metavar="VALUE", help=f"{helps[name]} (default: {defaults[name]!r})")
 
-
+# %% ../nbs/08_cli.ipynb #61e3ed51
 def given_config(cls: type, args: argparse.Namespace, **fixed):
     "`cls` built from the options the user gave (the others keep the class's defaults) and `fixed`."
     names = [f.name for f in dataclasses.fields(cls)]
@@ -293,8 +293,9 @@ def predict_command(args: argparse.Namespace) -> int:
     if args.chunk_rows < 1:
         raise ParamError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
     predictor = open_registry(args).load(args.alias, device=args.device)
-    done = predict_file(predictor, args.input, args.output, args.chunk_rows, args.part, inputs=args.inputs,
-                        time_column=args.time_column, progress=not args.no_progress, workers=args.workers)
+    done = predict_file(predictor, args.input, args.output, chunk_rows=args.chunk_rows, part=args.part,
+                        inputs=args.inputs, time_column=args.time_column, progress=not args.no_progress,
+                        workers=args.workers)
     print(f"{done['rows']:,} rows → {done['output']} (version {done['model_version']}, "
           f"{done['rows_per_s']:,.0f} rows/s)")
     return 0
@@ -348,7 +349,7 @@ def _chosen(argv: Sequence[str] | None) -> str | None:
     return next((name for name in (" ".join(words), words[0] if words else "") if name in {c.name for c in COMMANDS}),
                 None)
 
-
+# %% ../nbs/08_cli.ipynb #02e66e9d
 def build_parser(commands: Sequence[Command] = COMMANDS,
                  argv: Sequence[str] | None = None,  # when given, only the chosen command's options are built
                 ) -> argparse.ArgumentParser:

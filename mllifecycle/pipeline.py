@@ -36,7 +36,7 @@ class Stage:
     notebook: Path
     parameters: dict[str, dict]  # name → {"default": ..., "help": ..., "inferred_type_name": ...}
 
-
+# %% ../nbs/07_pipeline.ipynb #dab9b697
 def notebooks_dir() -> Path:
     "The folder of stage notebooks: $MLLIFECYCLE_NBS, else the `nbs/` folder beside the installed package."
     configured = os.environ.get("MLLIFECYCLE_NBS")
@@ -51,7 +51,7 @@ def _has_parameters_cell(path: Path) -> bool:
     cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
     return any("parameters" in cell.get("metadata", {}).get("tags", []) for cell in cells)
 
-
+# %% ../nbs/07_pipeline.ipynb #3f5c9730
 def find_stages(folder: str | Path | None = None,  # where the notebooks are; default `notebooks_dir()`
                ) -> list[Stage]:  # the stage notebooks in lifecycle (file-name) order
     "The notebooks of `folder` that have a `parameters` cell, with the parameters each declares."
@@ -80,7 +80,7 @@ def _is_exported(cell) -> bool:
             return True
     return False
 
-
+# %% ../nbs/07_pipeline.ipynb #6bdec3cc
 def job_notebook(path: str | Path,  # a stage notebook
                 ):  # an nbformat notebook: prose, exported cells, then the parameters cell and every cell after it
     "The stage notebook as a papermill job: the library's examples and tests before the `parameters` cell left out."
@@ -125,8 +125,8 @@ def load_params_file(path: str | Path) -> dict[str, Any]:
     return {str(k): v for k, v in params.items()}
 
 # %% ../nbs/07_pipeline.ipynb #b3621557
-STAGE_PARAMS = {"data": "mllifecycle.data:DataConfig", "train": "mllifecycle.train:TrainParams",
-                "validate": "mllifecycle.validate:ValidateParams", "deploy": "mllifecycle.serve:DeployParams",
+STAGE_PARAMS = {"data": "mllifecycle.data:DataParams", "train": "mllifecycle.train:TrainParams",
+                "validate": "mllifecycle.validate:ValidateParams", "deploy": "mllifecycle.deploy:DeployParams",
                 "monitor": "mllifecycle.monitor:MonitorParams"}  # stage → the class that defines its parameters
 
 
@@ -241,6 +241,7 @@ def _kernel_manager(log_path: Path):
 def run_stage(stage: Stage,  # the stage to run
               params: dict[str, Any],  # the run's resolved parameters (each stage takes the ones it declares)
               run_path: Path,  # the run directory
+              *,
               kernel: str = "python3",  # Jupyter kernel that executes the notebook
               log_output: bool = False,  # stream the notebook's output to this process's log
               cell_progress: bool = False,  # show a progress bar over the notebook's cells (on stderr)
@@ -254,6 +255,7 @@ def run_stage(stage: Stage,  # the stage to run
     entry = {"stage": stage.name, "notebook": f"report/{stage.notebook.name}", "status": "ok",
              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     values = {**{k: v for k, v in params.items() if k in stage.parameters}, "run_dir": str(run_path)}
+    output.parent.mkdir(parents=True, exist_ok=True)
     try:
         papermill.execute_notebook(job_notebook(stage.notebook), str(output), parameters=values, kernel_name=kernel,
                                    progress_bar={"desc": stage.name, "leave": False} if cell_progress else False,
@@ -322,8 +324,9 @@ class RunPlan:
     record: dict[str, Any]  # the pipeline record so far: {"params", "stages"}
     params: dict[str, Any]  # the resolved parameters the stages run with
 
-
+# %% ../nbs/07_pipeline.ipynb #3a9dc86d
 def plan_run(params: dict[str, Any] | None = None,  # the user's parameters
+             *,
              run_dir: str | Path | None = None,  # the run directory; None → runs_root/<new run id>
              runs_root: str | Path = "runs",  # where new run directories are made
              stages: Sequence[str] | None = None,  # only these stages
@@ -345,6 +348,7 @@ def plan_run(params: dict[str, Any] | None = None,  # the user's parameters
 
 # %% ../nbs/07_pipeline.ipynb #3b620aaa
 def execute_stages(plan: RunPlan,
+                   *,
                    kernel: str = "python3",  # Jupyter kernel that executes the notebooks
                    log_output: bool = False,  # stream the notebooks' output to this process's log
                    echo: Callable[[str], None] = lambda line: None,  # called with a line as each stage starts and ends
@@ -354,7 +358,8 @@ def execute_stages(plan: RunPlan,
     (plan.run_path / "report").mkdir(parents=True, exist_ok=True)
     for i, stage in enumerate(plan.selected, 1):
         echo(f"[{i}/{len(plan.selected)}] {stage.name}: running {stage.notebook.name}")
-        entry = run_stage(stage, plan.params, plan.run_path, kernel, log_output, cell_progress)
+        entry = run_stage(stage, plan.params, plan.run_path, kernel=kernel, log_output=log_output,
+                          cell_progress=cell_progress)
         plan.record["stages"].append(entry)
         write_json(plan.run_path / "report" / "pipeline.json", plan.record)
         echo(f"[{i}/{len(plan.selected)}] {stage.name}: {entry['status']} in {entry['seconds']:.1f} s")
@@ -364,6 +369,7 @@ def execute_stages(plan: RunPlan,
 
 # %% ../nbs/07_pipeline.ipynb #c856db2d
 def run_pipeline(params: dict[str, Any] | None = None,  # stage parameters, e.g. {"sample_rows": 5000}
+                 *,
                  run_dir: str | Path | None = None,  # the run directory; None → runs_root/<new run id>
                  runs_root: str | Path = "runs",  # where new run directories are made
                  stages: Sequence[str] | None = None,  # run only these stages (names), in lifecycle order
@@ -377,10 +383,11 @@ def run_pipeline(params: dict[str, Any] | None = None,  # stage parameters, e.g.
     "Execute the stage notebooks in order into one run directory, then build its report."
     from mllifecycle.report import build_report
 
-    plan = plan_run(params, run_dir, runs_root, stages, nbs, start_from)
+    plan = plan_run(params, run_dir=run_dir, runs_root=runs_root, stages=stages, nbs=nbs, start_from=start_from)
     order = [s.name for s in plan.found]
     try:
-        failed = execute_stages(plan, kernel, log_output, echo or (lambda line: None), cell_progress)
+        failed = execute_stages(plan, kernel=kernel, log_output=log_output, echo=echo or (lambda line: None),
+                                cell_progress=cell_progress)
     except BaseException:  # interrupted: the report of what ran, then the interruption
         with contextlib.suppress(Exception):
             build_report(plan.run_path, order=order)

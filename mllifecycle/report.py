@@ -43,7 +43,7 @@ def read_record(run_path: str | Path) -> dict[str, Any]:
         raise ReportError(f"{path} is not a pipeline record: it has no list of stages")
     return record
 
-
+# %% ../nbs/06_report.ipynb #8360fa4e
 def latest_stages(record: dict[str, Any],  # the pipeline's record
                   order: Sequence[str] | None = None,  # stage names in lifecycle order; default: as first run
                  ) -> list[dict[str, Any]]:  # the latest entry of each stage
@@ -79,14 +79,14 @@ def fmt(value: Any, digits: int = 4) -> str:
         return ", ".join(fmt(v, digits) for v in value)
     return str(value)
 
-
+# %% ../nbs/06_report.ipynb #76124c98
 def table(rows: Iterable[Sequence[Any]], header: Sequence[str] | None = None, cls: str = "") -> str:
     "An HTML table of `rows`, every cell escaped."
     head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" if header else ""
     body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
     return f'<table class="{cls}">{head}{body}</table>'
 
-
+# %% ../nbs/06_report.ipynb #f1b7a977
 def figure(path: str | Path, caption: str = "") -> str:
     "A PNG of the run embedded as a `data:` URI (empty when the file is absent)."
     path = Path(path)
@@ -107,13 +107,14 @@ def read_artifact(run_path: Path, relative: str) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return {"unreadable": f"{relative}: {e}"}
 
-
+# %% ../nbs/06_report.ipynb #0a0a71d7
 def section(title: str, anchor: str, *parts: str) -> str:
     "A titled section of the summary from HTML parts (empty parts left out)."
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{"".join(p for p in parts if p)}</section>'
 
-
+# %% ../nbs/06_report.ipynb #2e1c19b1
 def paragraph(text: str) -> str:
+    "A paragraph of escaped text."
     return f"<p>{html.escape(text)}</p>"
 
 # %% ../nbs/06_report.ipynb #2a40f761
@@ -243,14 +244,15 @@ def environment_section(run_path: Path, record: dict[str, Any], entries: Sequenc
                    "<h3>Parameters</h3>" + table([(k, json.dumps(v)) for k, v in params], ["name", "value"]) if params else "",
                    "<h3>Packages</h3>" + table(packages, ["package", "version"]) if packages else "")
 
-# %% ../nbs/06_report.ipynb #bacb0d26
+# %% ../nbs/06_report.ipynb #242da1fc
 SUMMARY_SECTIONS = (data_section, model_section, serving_section, monitoring_section)  # in lifecycle order
 
-
+# %% ../nbs/06_report.ipynb #d7e3405d
 def stage_anchor(name: str) -> str:
+    "The HTML id of a stage's notebook in the report."
     return f"stage-{name}"
 
-
+# %% ../nbs/06_report.ipynb #cc97a97c
 def status_html(entries: Sequence[dict[str, Any]]) -> str:
     "One badge per stage (ok / failed, seconds) linking to its notebook, and the first failure's error."
     badges = "".join(f'<a class="badge {html.escape(e.get("status", ""))}" href="#{stage_anchor(e["stage"])}">'
@@ -261,7 +263,7 @@ def status_html(entries: Sequence[dict[str, Any]]) -> str:
              f'{html.escape(str(failed.get("error", "")))}</p>') if failed else ""
     return f'<nav class="stages">{badges}</nav>{error}'
 
-
+# %% ../nbs/06_report.ipynb #59707fc8
 def summary_html(run_path: Path, record: dict[str, Any], entries: Sequence[dict[str, Any]]) -> str:
     "The report's first page: status, then data, model, serving, monitoring and environment."
     run_path = Path(run_path)
@@ -373,7 +375,7 @@ def report_notebook(run_path: Path, entries: Sequence[dict[str, Any]]):
         nb.cells.extend(cells)
     return nb
 
-
+# %% ../nbs/06_report.ipynb #417934c2
 def build_report(run_path: str | Path,  # a run directory
                  order: Sequence[str] | None = None,  # stage names in lifecycle order (default: as they ran)
                 ) -> Path:  # the written report/report.html

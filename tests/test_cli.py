@@ -8,7 +8,7 @@ import pytest
 from conftest import artifact_files, mllifecycle
 
 from mllifecycle.core import Run, parameter_defaults, to_jsonable
-from mllifecycle.data import DataConfig
+from mllifecycle.data import DataParams
 from mllifecycle.registry import Registry
 from mllifecycle.train import TrainParams
 from mllifecycle.validate import ValidateParams
@@ -34,7 +34,7 @@ def test_run_with_no_arguments_prepares_the_flights_data(default_run):
     assert run.read_json("features/pipeline.json")["format"] == "mllifecycle.FeaturePipeline/1"
     assert (run_dir / "report" / "01_data.ipynb").exists()
     assert json.loads((run_dir / "env.json").read_text())["seed"] == 0
-    for stage, cls in (("data", DataConfig), ("train", TrainParams), ("validate", ValidateParams)):
+    for stage, cls in (("data", DataParams), ("train", TrainParams), ("validate", ValidateParams)):
         defaults = {k: v for k, v in parameter_defaults(cls).items() if k not in ("run_dir", "registry_dir")}
         assert {k: run.params[stage][k] for k in defaults} == to_jsonable(defaults), stage  # the one definition ran
     # the training stage tuned, then trained the final model with the best trial's hyperparameters
@@ -49,8 +49,11 @@ def test_run_with_no_arguments_prepares_the_flights_data(default_run):
     # the validation stage compared four candidates, selected one and made it the champion of runs/registry
     for name in ("metrics.json", "cv.json", "comparison.csv", "selection.json", "plots/roc.png"):
         run.artifact(f"validation/{name}")
-    winner = run.read_json("validation/selection.json")["winner"]
-    assert winner in {"mlp", "mlp_small", "linear", "hgb"}
+    selection = run.read_json("validation/selection.json")
+    winner = selection["winner"]
+    # same data and seed, same winner on any load: on the default flights sample the linear model wins
+    assert winner == "linear", selection["reason"]
+    assert set(selection["candidates"]) == {"mlp", "mlp_small", "linear", "hgb"}
     registered = run.read_json("validation/registry.json")
     assert registered["registry"] == str(tmp_path / "runs" / "registry") and registered["alias"] == "champion"
     listed = mllifecycle("registry", "list", cwd=tmp_path)
@@ -131,14 +134,14 @@ def test_malformed_params_file(tmp_path):
 def test_params_command_lists_stage_parameters(tmp_path):
     result = mllifecycle("params", cwd=tmp_path)
     assert result.returncode == 0 and "[data]" in result.stdout
-    assert any(line.startswith(f"  sample_rows = {DataConfig().sample_rows!r}  # ") for line in result.stdout.splitlines())
+    assert any(line.startswith(f"  sample_rows = {DataParams().sample_rows!r}  # ") for line in result.stdout.splitlines())
 
 
 @pytest.mark.parametrize("args, fragments", [
     (["-p", "epochs", "-3"], ["epochs must be an integer ≥ 1"]),
     (["-p", "max_gap", "\"big\""], ["max_gap must be a finite number"]),
     (["-p", "data_path", "nope.csv", "-p", "target", "y"], ["data file not found"]),
-    (["-p", "leak_threshold", "2"], ["leak_threshold must be a number in [0.5, 1]"]),
+    (["-p", "leak_threshold", "2"], ["leak_threshold must be a finite number ≥ 0.5 and ≤ 1, got 2"]),
 ])
 def test_parameters_are_refused_before_any_stage_and_leave_no_run(tmp_path, args, fragments):
     result = mllifecycle("run", *args, "--run-dir", "r", cwd=tmp_path)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import LIFECYCLE
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["index"] + sorted(re.sub(r"^\d+_", "", p.stem) for p in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
 
@@ -48,8 +50,7 @@ def test_every_notebook_has_a_page_with_its_prose_and_outputs(site):
         assert 'class="jp-RenderedImage' in html or "data:image/png;base64," in html, f"{page}: no figure"
         assert "#| export" not in html and "#| hide" not in html and "from fastcore.test import" not in html, page
     nav = (site / "index.html").read_text(encoding="utf-8")
-    positions = [nav.index(f'href="{page}.html"') for page in ("core", "data", "train", "validate", "deploy", "monitor",
-                                                               "report", "pipeline", "cli")]
+    positions = [nav.index(f'href="{page}.html"') for page in LIFECYCLE]
     assert positions == sorted(positions)  # navigation in lifecycle order
 
 

@@ -111,7 +111,7 @@ def test_a_table_too_small_to_split_is_one_clear_error(tmp_path):
 def test_same_table_and_seed_choose_the_same_winner(tmp_path):
     "Two runs of one table with one seed: identical held-out figures and the same winner, whatever the CPU load."
     from mllifecycle.core import open_run
-    from mllifecycle.data import DataConfig, prepare_data
+    from mllifecycle.data import DataParams, prepare_data
     from mllifecycle.train import TrainParams, train_stage
     from mllifecycle.validate import ValidateParams, validate_stage
 
@@ -119,7 +119,7 @@ def test_same_table_and_seed_choose_the_same_winner(tmp_path):
     outcomes = []
     for name in ("first", "second"):
         run = open_run(tmp_path / name, seed=3)
-        prepare_data(run, DataConfig(data_path=str(tmp_path / "prices.csv"), target="target", seed=3))
+        prepare_data(run, DataParams(data_path=str(tmp_path / "prices.csv"), target="target", seed=3))
         train_stage(TrainParams(run_dir=str(run.path), epochs=4, n_trials=0, progress=False, device="cpu", seed=3))
         stage = validate_stage(ValidateParams(run_dir=str(run.path), registry_dir=str(tmp_path / "registry"),
                                               candidate_epochs=4, cv_folds=2, n_bootstrap=200, device="cpu", seed=3))
