@@ -19,10 +19,10 @@ from typing import Any, Callable, Sequence
 from .core import MLLifecycleError, ParamError, new_run_id, package_dir, write_json
 
 # %% auto #0
-__all__ = ['STAGE_PARAMS', 'PARAMS_FILE_HEADER', 'PipelineError', 'Stage', 'notebooks_dir', 'find_stages', 'job_notebook',
-           'parse_value', 'load_params_file', 'stage_params_class', 'check_stage_params', 'default_registry',
-           'resolve_params', 'params_yaml', 'run_stage', 'select_stages', 'earlier_record', 'RunPlan', 'plan_run',
-           'execute_stages', 'run_pipeline']
+__all__ = ['STAGE_PARAMS', 'PARAMS_FILE_HEADER', 'PipelineError', 'Stage', 'notebooks_dir', 'find_stages', 'is_exported',
+           'job_notebook', 'parse_value', 'load_params_file', 'stage_params_class', 'check_stage_params',
+           'default_registry', 'resolve_params', 'params_yaml', 'run_stage', 'select_stages', 'earlier_record',
+           'RunPlan', 'plan_run', 'execute_stages', 'run_pipeline']
 
 # %% ../nbs/07_pipeline.ipynb #50b3352d
 class PipelineError(MLLifecycleError):
@@ -71,7 +71,7 @@ def find_stages(folder: str | Path | None = None,  # where the notebooks are; de
 _EXPORTED = re.compile(r"^\s*#\|\s*(export|exporti|exports|default_exp)\b")
 
 
-def _is_exported(cell) -> bool:
+def is_exported(cell) -> bool:
     "Whether a code cell's nbdev directives (its leading `#|` lines) export it."
     for line in cell.source.splitlines():
         if not line.startswith("#|"):
@@ -82,8 +82,8 @@ def _is_exported(cell) -> bool:
 
 # %% ../nbs/07_pipeline.ipynb #6bdec3cc
 def job_notebook(path: str | Path,  # a stage notebook
-                ):  # an nbformat notebook: prose, exported cells, then the parameters cell and every cell after it
-    "The stage notebook as a papermill job: the library's examples and tests before the `parameters` cell left out."
+                ):  # an nbformat notebook: title, one cell of library code, then the parameters cell and all after it
+    "The stage notebook as a papermill job: its exported code as one cell, then the job; the chapter's examples left out."
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
@@ -91,8 +91,13 @@ def job_notebook(path: str | Path,  # a stage notebook
     if len(tagged) != 1:
         raise PipelineError(f"{path} needs exactly one cell tagged 'parameters', it has {len(tagged)}")
     start = tagged[0]
-    nb.cells = [cell for i, cell in enumerate(nb.cells)
-                if i >= start or cell.cell_type == "markdown" or (cell.cell_type == "code" and _is_exported(cell))]
+    library = [cell.source for cell in nb.cells[:start] if cell.cell_type == "code" and is_exported(cell)]
+    lines = "\n\n".join(library).splitlines()
+    future = [line for line in lines if line.startswith("from __future__ import")]  # first in a cell, or an error
+    code = nbformat.v4.new_code_cell("\n".join(future + [line for line in lines if line not in future]),
+                                     metadata={"tags": ["library"]})
+    title = [nb.cells[0]] if nb.cells and nb.cells[0].cell_type == "markdown" else []
+    nb.cells = title + [code] + nb.cells[start:]
     return nb
 
 # %% ../nbs/07_pipeline.ipynb #548dd4a5
