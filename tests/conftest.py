@@ -1,7 +1,11 @@
 "Shared fixtures: small real and synthetic datasets written to a temporary folder, and the default run."
 import os
+import re
 import shutil
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -110,9 +114,63 @@ def copy_registry(registry, folder):
     return Registry(Path(folder) / "registry")
 
 
-def mllifecycle(*args, cwd):
+# How long a step of a test's command may go without progress before the test calls it a hang. A step is one stage
+# of `mllifecycle run` (each "[k/n] stage: …" line starts the next) or the whole of any other command, so a run's
+# limit grows with its stages. Generous: a default train stage takes about 30 s on a quiet two-core machine and was
+# seen at 430 s on a busy one. Set MLLIFECYCLE_TEST_STEP_S to change it.
+STEP_LIMIT_S = float(os.environ.get("MLLIFECYCLE_TEST_STEP_S", 1800))
+STAGE_LINE = re.compile(r"^\[\d+/\d+\] (\S+): (running|ok|failed)\b")
+
+
+def run_command(command, *, cwd=None, env=None, limit_s=STEP_LIMIT_S):
+    """Run `command` to its end and return its `CompletedProcess` (text output captured), as `subprocess.run` does.
+
+    A step that shows no progress for `limit_s` seconds is a hang: the command and every process it started (a
+    notebook's kernel, torchrun's workers) are killed and the test fails, naming the command and the stage."""
+    process = subprocess.Popen([str(c) for c in command], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    out, err, step = [], [], {"since": time.monotonic(), "stage": None}
+
+    def read(stream, lines):
+        for line in stream:
+            lines.append(line)
+            if match := STAGE_LINE.match(line):
+                step.update(since=time.monotonic(), stage=match[1] if match[2] == "running" else None)
+
+    readers = [threading.Thread(target=read, args=(process.stdout, out), daemon=True),
+               threading.Thread(target=read, args=(process.stderr, err), daemon=True)]
+    for reader in readers:
+        reader.start()
+    try:
+        while process.poll() is None and time.monotonic() - step["since"] < limit_s:
+            time.sleep(0.2)
+    finally:  # a hang, or the test interrupted: nothing it started outlives it
+        hung = process.poll() is None
+        if hung:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        for reader in readers:
+            reader.join(timeout=10)
+    if hung:
+        name = " ".join([Path(str(command[0])).name, *map(str, command[1:])])[:300]
+        where = f" in its {step['stage']} stage" if step["stage"] else ""
+        tail = ("".join(out)[-1000:] + "".join(err)[-2000:]).strip()
+        pytest.fail(f"`{name}` hung{where}: no progress for {limit_s:.0f} s (MLLIFECYCLE_TEST_STEP_S); "
+                    f"its last output:\n{tail}", pytrace=False)
+    return subprocess.CompletedProcess(command, process.returncode, "".join(out), "".join(err))
+
+
+def run_together(commands, **kwargs):
+    "Run `commands` at the same time, each with `run_command`; their `CompletedProcess`es in order."
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda command: run_command(command, **kwargs), commands))
+
+
+def mllifecycle(*args, cwd, **kwargs):
     "Run the installed console script, as a user would."
-    return subprocess.run([shutil.which("mllifecycle"), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return run_command([shutil.which("mllifecycle"), *args], cwd=cwd, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """Batch inference: the same answers as `Predictor.predict`, in parts that add up, and a clear error with no output
 file on a corrupt or bad input."""
-import subprocess
 import sys
 
 import numpy as np
@@ -8,6 +7,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import run_command
 from mllifecycle.batch import log_inputs, predict_file, read_log
 from mllifecycle.data import DataError
 from mllifecycle.registry import Registry
@@ -92,8 +92,8 @@ def test_predict_command(scoring, tmp_path):
     frame.head(100).to_parquet(tmp_path / "in.parquet")
 
     def mllifecycle(*args):
-        return subprocess.run([sys.executable, "-c", "import sys; from mllifecycle.cli import main; sys.exit(main())",
-                               *args], capture_output=True, text=True, cwd=tmp_path)
+        return run_command([sys.executable, "-c", "import sys; from mllifecycle.cli import main; sys.exit(main())",
+                            *args], cwd=tmp_path)
 
     ok = mllifecycle("predict", "--registry", str(registry.root), "--input", "in.parquet", "--output", "out.parquet",
                      "--no-progress")

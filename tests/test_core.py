@@ -1,11 +1,11 @@
 "The run directory under crashes and concurrent writers: atomic artifacts, and no lost update of a shared file."
 import multiprocessing
 import os
-import subprocess
 import sys
 
 import pytest
 
+from conftest import run_command
 from mllifecycle.core import ArtifactError, Run, atomic_path, open_run, read_json, write_json
 
 WRITERS, UPDATES = 4, 25
@@ -77,7 +77,7 @@ def test_the_data_stage_path_does_not_import_torch(tmp_path):
     code = ("import sys; from mllifecycle.core import open_run; import mllifecycle.data; "
             f"open_run({str(tmp_path)!r}, stage='data', seed=0); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = run_command([sys.executable, "-c", code])
     assert result.returncode == 0, result.stderr
     assert read_json(tmp_path / "env.json")["device"] is None
     open_run(tmp_path, stage="train", seed=0, torch=True)  # the first torch stage records the device

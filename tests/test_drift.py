@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from mllifecycle.drift import (DriftError, DriftThresholds, categorical_statistics, category_counts,
+from mllifecycle.drift import (DriftError, categorical_statistics, category_counts,
                                numeric_statistics, reference_profile, window_drift)
 
 

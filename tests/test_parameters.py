@@ -1,13 +1,13 @@
 "Each stage's parameters are defined once (its parameters class) and every entry point reads that definition."
 import ast
 import json
-import subprocess
 import shutil
 from pathlib import Path
 
 import papermill
 import pytest
 
+from conftest import run_command
 from mllifecycle.core import parameter_defaults, parameters_cell
 from mllifecycle.pipeline import STAGE_PARAMS, check_stage_params, find_stages, stage_params_class
 
@@ -61,8 +61,7 @@ def test_train_command_takes_the_given_values_over_the_class_defaults():
 
 
 def test_params_command_prints_the_class_defaults_and_help(tmp_path):
-    listed = subprocess.run([shutil.which("mllifecycle"), "params"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120)
+    listed = run_command([shutil.which("mllifecycle"), "params"], cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     for stage in STAGES:
         cls = stage_params_class(stage.name)

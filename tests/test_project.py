@@ -1,7 +1,13 @@
 "Project-level checks: README in sync with nbs/index.ipynb, and CI running exactly the README's commands."
 import json
 import re
+import sys
+import time
 from pathlib import Path
+
+import pytest
+
+from conftest import run_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,3 +73,41 @@ def test_stage_jobs_hold_no_library_tests():
             if cell["cell_type"] == "code":
                 assert not re.search(r"\btest_(eq|close|fail|ne|is)\(|^\s*assert\b", source, re.M), \
                     f"{path.name}: a job cell tests something:\n{source}"
+
+
+STAGES_THEN_HANG = """
+import subprocess, sys, time
+for i, stage in enumerate(["data", "train", "validate"], 1):
+    print(f"[{i}/3] {stage}: running {stage}.ipynb", flush=True)
+    if stage == "validate":
+        kernel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        print("kernel", kernel.pid, flush=True)
+        time.sleep(600)
+    time.sleep(1.2)
+    print(f"[{i}/3] {stage}: ok in 1.2 s", flush=True)
+"""
+
+
+def alive(pid: int) -> bool:
+    "Whether process `pid` still runs (a zombie waiting for its parent does not)."
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_the_tests_command_runner_names_the_stage_that_hung_and_kills_what_it_started(tmp_path):
+    "A step without progress ends the test, naming the stage; a run whose stages all progress may take longer."
+    (tmp_path / "run.py").write_text(STAGES_THEN_HANG)
+    started = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match=r"run.py` hung in its validate stage: no progress for 2 s") as hung:
+        run_command([sys.executable, tmp_path / "run.py"], limit_s=2)
+    assert time.monotonic() - started > 2 * 1.2 + 2  # two stages of 1.2 s each, then 2 s without progress
+    kernel = int(re.search(r"kernel (\d+)", str(hung.value))[1])
+    deadline = time.monotonic() + 10
+    while alive(kernel) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(kernel), "the hung command's child process outlived it"
+
+    done = run_command([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"])
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")

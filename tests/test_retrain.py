@@ -1,6 +1,5 @@
 """Retraining on a small synthetic world with a known concept drift: promotion, a challenger kept out, rollback, failure."""
 import pandas as pd
-import pytest
 
 from conftest import copy_registry
 from mllifecycle.core import Run

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import STEP_LIMIT_S, run_command, run_together
 from mllifecycle.core import ArtifactError, ParamError, Run, open_run
 from mllifecycle.data import DataParams, DataError, FeaturePipeline, make_synthetic, prepare_data
 from mllifecycle.train import TrainParams, load_model, train_stage
@@ -23,11 +24,12 @@ RESUMABLE = ["-p", "epochs", "12", "-p", "batch_size", "32", "-p", "patience", "
              "-p", "width", "64", "-p", "num_threads", "1"]
 
 
-def train_cli(run_dir, *params, wait=True, **kwargs):
-    command = [CLI, "train", "--run-dir", str(run_dir), "-p", "progress", "false", *params]
-    if not wait:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, **kwargs)
+def train_command(run_dir, *params):
+    return [CLI, "train", "--run-dir", str(run_dir), "-p", "progress", "false", *params]
+
+
+def train_cli(run_dir, *params, **kwargs):
+    return run_command(train_command(run_dir, *params), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +60,10 @@ def reference_weights(prepared_run, tmp_path_factory):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_run_resumes_to_the_same_weights(run_dir, reference_weights, signum):
     checkpoint = run_dir / "models/mlp/checkpoint.pt"
-    process = train_cli(run_dir, *RESUMABLE, wait=False)
+    process = subprocess.Popen(train_command(run_dir, *RESUMABLE), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     def written_checkpoints(count):  # wait (bounded) until `count` checkpoints have been written
-        seen, previous, deadline = 0, None, time.time() + 120
+        seen, previous, deadline = 0, None, time.time() + STEP_LIMIT_S
         while seen < count and process.poll() is None and time.time() < deadline:
             stamp = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
             if stamp is not None and stamp != previous:
@@ -70,7 +73,7 @@ def test_a_killed_run_resumes_to_the_same_weights(run_dir, reference_weights, si
 
     assert written_checkpoints(2) == 2, process.communicate()  # the signal lands inside the third epoch
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=STEP_LIMIT_S)
     assert process.returncode != 0, "training finished before the signal; make the run slower"
     assert not (run_dir / "models/mlp/weights.safetensors").exists()
     if signum == signal.SIGTERM:
@@ -90,8 +93,7 @@ def test_torchrun_trains_with_two_cpu_processes(run_dir):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
                CLI, "train", "--run-dir", str(run_dir), "-p", "epochs", "3", "-p", "n_trials", "0",
                "-p", "progress", "false", "-p", "num_threads", "1"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_command(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     run = Run(run_dir)
     config = run.read_json("models/mlp/config.json")
@@ -104,13 +106,12 @@ def test_torchrun_trains_with_two_cpu_processes(run_dir):
 
 def test_two_workers_share_one_study(run_dir):
     journal = run_dir / "shared-study.log"
-    workers = [train_cli(run_dir, "-p", "n_trials", "8", "-p", "epochs", "2", "-p", "train_final", "false",
-                         "-p", "tune_worker", str(k), "-p", "storage", str(journal), "-p", "num_threads", "1",
-                         "-p", "search_space", '{"width": {"choices": [16, 32]}, "depth": 1}', wait=False)
-               for k in range(2)]
+    workers = run_together([train_command(
+        run_dir, "-p", "n_trials", "8", "-p", "epochs", "2", "-p", "train_final", "false", "-p", "tune_worker", str(k),
+        "-p", "storage", str(journal), "-p", "num_threads", "1",
+        "-p", "search_space", '{"width": {"choices": [16, 32]}, "depth": 1}') for k in range(2)])
     for worker in workers:
-        _, stderr = worker.communicate(timeout=600)
-        assert worker.returncode == 0, stderr
+        assert worker.returncode == 0, worker.stderr
     import optuna
 
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))

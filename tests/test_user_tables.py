@@ -7,12 +7,12 @@ registry and predicts raw rows of the user's file.
 import json
 import math
 import shutil
-import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import run_command
 from tables import CASES, leaky, multiclass, regression
 
 from mllifecycle.core import Run
@@ -28,8 +28,7 @@ def run_cli(tmp_path, csv, target, *options, small=True, **params):
     args = ["run", "-p", "data_path", str(csv), "-p", "target", target, "--run-dir", "run", "--runs-root", "runs", *options]
     for key, value in {**(SMALL if small else {}), **params}.items():
         args += ["-p", key, json.dumps(value)]
-    return subprocess.run([shutil.which("mllifecycle"), *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=900)
+    return run_command([shutil.which("mllifecycle"), *args], cwd=tmp_path)
 
 
 def check_run(tmp_path, csv, kind):

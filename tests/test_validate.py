@@ -1,7 +1,6 @@
 "Validation stage and model registry: artifacts, reproducibility, tampering, crashes mid-promotion, bad input, CLI."
 import json
 import shutil
-import subprocess
 import sys
 import textwrap
 
@@ -9,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import run_command, run_together
 from mllifecycle.core import ArtifactError, ParamError, Run, open_run
 from mllifecycle.data import DataParams, DataError, Schema, make_synthetic, prepare_data
 from mllifecycle.registry import Registry, RegistryError, load_predictor, save_sklearn_model
@@ -142,8 +142,7 @@ CRASH = textwrap.dedent("""
 def test_a_crash_mid_promotion_leaves_the_old_champion(validated, registry):
     _, stage = validated
     version = registry.register(stage.run, "hgb")
-    result = subprocess.run([sys.executable, "-c", CRASH, str(registry.root), "promote", str(version)],
-                            capture_output=True, text=True, timeout=120)
+    result = run_command([sys.executable, "-c", CRASH, registry.root, "promote", version])
     assert result.returncode == 9, result.stderr
     assert registry.resolve("champion") == 1  # the pointer never moved
     assert registry.load("champion").version == 1  # and still loads, verified
@@ -155,8 +154,7 @@ def test_a_crash_mid_promotion_leaves_the_old_champion(validated, registry):
 def test_a_crash_mid_registration_leaves_no_half_version(validated, registry):
     _, stage = validated
     before = registry.versions()
-    result = subprocess.run([sys.executable, "-c", CRASH, str(registry.root), "register", str(stage.run.path)],
-                            capture_output=True, text=True, timeout=120)
+    result = run_command([sys.executable, "-c", CRASH, registry.root, "register", stage.run.path])
     assert result.returncode == 9, result.stderr
     assert registry.versions() == before  # the staging folder is not a version
     assert list((registry.root / "versions").glob(".staging-*"))
@@ -169,9 +167,9 @@ def test_concurrent_registrations_get_distinct_versions(validated, registry):
     _, stage = validated
     script = ("import sys; from mllifecycle.registry import Registry; from mllifecycle.core import Run\n"
               "print([Registry(sys.argv[1]).register(Run(sys.argv[2]), 'hgb') for _ in range(3)])")
-    workers = [subprocess.Popen([sys.executable, "-c", script, str(registry.root), str(stage.run.path)],
-                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    numbers = [n for w in workers for n in json.loads(w.communicate(timeout=120)[0])]
+    workers = run_together([[sys.executable, "-c", script, registry.root, stage.run.path]] * 2)
+    assert [w.returncode for w in workers] == [0, 0], [w.stderr for w in workers]
+    numbers = [n for w in workers for n in json.loads(w.stdout)]
     assert sorted(numbers) == list(range(2, 8))
     for version in numbers:
         registry.verify(version)
@@ -252,7 +250,7 @@ def test_bad_parameters_are_refused(params, message):
 
 
 def cli(*args, cwd):
-    return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return run_command([CLI, *args], cwd=cwd)
 
 
 def test_registry_command_line(validated, registry, tmp_path):
