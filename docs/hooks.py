@@ -19,6 +19,7 @@ Quarto is never called: the site builds offline from PyPI packages (`mkdocs buil
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -71,11 +72,19 @@ def execute(job: tuple[str, str]) -> str | None:
     return None
 
 
-def execute_in_process(job: tuple[str, str]) -> str | None:
-    "`execute` in a fresh Python process (a notebook's state stays its own, as under nbdev_test)."
+def math_threads_env(workers: int) -> dict[str, str]:
+    """The environment for one of `workers` notebooks executed side by side: the machine's cores shared out among
+    them (OMP_NUM_THREADS, unless set). Two notebooks that each spread PyTorch and scikit-learn over every core run
+    several times slower together, their threads waiting on each other."""
+    share = max(1, (os.cpu_count() or 1) // max(1, workers))
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(share))}
+
+
+def execute_in_process(job: tuple[str, str], workers: int = 1) -> str | None:
+    "`execute` in a fresh Python process (a notebook's state stays its own, as under nbdev_test), one of `workers`."
     import subprocess
 
-    done = subprocess.run([sys.executable, __file__, *job], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, __file__, *job], capture_output=True, text=True, env=math_threads_env(workers))
     return None if done.returncode == 0 else (done.stdout + done.stderr).strip() or f"{job[0]}: exit {done.returncode}"
 
 
@@ -90,7 +99,7 @@ def executed_notebooks(notebooks: list[Path], workers: int) -> dict[Path, Path]:
     if todo:
         print(f"docs: executing {len(todo)} notebook(s) on {workers} worker(s)", file=sys.stderr)
         with ThreadPoolExecutor(workers) as pool:
-            errors = [e for e in pool.map(execute_in_process, todo) if e]
+            errors = [e for e in pool.map(functools.partial(execute_in_process, workers=workers), todo) if e]
         if errors:
             raise SystemExit("docs: a notebook failed, so its page would be wrong:\n" + "\n".join(errors))
     for stale in CACHE.glob("*.ipynb"):  # keep the cache to what the notebooks are now
