@@ -1124,6 +1124,7 @@ def scale_numeric(names: list[str], columns: list[np.ndarray],  # from `numeric_
                   n_rows: int | None = None,  # the number of rows (needed when there is no numeric feature)
                  ) -> np.ndarray:  # (rows, features + indicators)
     "Standardise with the training statistics, fill missing values with the training median, add indicators."
+    limit = float(np.finfo(dtype).max)  # a finite input never becomes infinite: it saturates at `dtype`'s range
     if names != list(stats):
         raise DataError(f"the data gives numeric features {names}, the fitted pipeline expects {list(stats)}")
     indicators = [n for n in names if stats[n]["missing"]] if missing_indicators else []
@@ -1132,8 +1133,10 @@ def scale_numeric(names: list[str], columns: list[np.ndarray],  # from `numeric_
     scratch = np.empty(rows, dtype="float64")  # `values` may be a view of the caller's frame: never write it
     for j, (name, values) in enumerate(zip(names, columns)):
         nan, s = np.isnan(values), stats[name]
-        np.subtract(values, s["mean"], out=scratch)
-        np.multiply(scratch, 1.0 / s["std"], out=scratch)
+        with np.errstate(over="ignore"):
+            np.subtract(values, s["mean"], out=scratch)
+            np.multiply(scratch, 1.0 / s["std"], out=scratch)
+        np.clip(scratch, -limit, limit, out=scratch)
         scratch[nan] = (s["median"] - s["mean"]) / s["std"]
         out[j] = scratch
         if name in indicators:

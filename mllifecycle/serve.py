@@ -12,6 +12,7 @@ import hmac
 import itertools
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from typing import Annotated, Any, Callable, Optional
 import numpy as np
 import pandas as pd
 from fastapi import Request  # at module level: FastAPI resolves the routes' annotations here
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # the base of `ReadTimeoutProtocol`
 
 from .batch import (
     LoggedBatch, PredictionLog, input_columns, log_schema, logged_inputs, logged_table, record_columns)
@@ -40,12 +42,13 @@ from .registry import SCHEMA, Predictions, Predictor, RegistryReader, other_data
 
 # %% auto #0
 __all__ = ['MAX_TEXT', 'TOKEN_ENV', 'LATENCY_BUCKETS', 'REQUESTS', 'REQUEST_SECONDS', 'BATCH_RECORDS', 'MODEL_VERSION', 'ERRORS',
-           'ROUTES', 'SETTINGS_ENV', 'ServeError', 'record_type', 'RequestParser', 'validation_errors',
-           'record_numeric_block', 'record_category_codes', 'RecordEncoder', 'ServeConfig', 'ServeMetrics',
-           'server_figures', 'fetch_metrics', 'example_record', 'ServedModel', 'load_served', 'Overloaded',
-           'answer_body', 'take_batch', 'Batcher', 'batch_answers', 'Scorer', 'limit_threads', 'BodyTooLarge',
-           'ServerState', 'load_checked', 'reload_alias', 'watch_alias', 'answer_predict', 'predict_route',
-           'add_info_routes', 'create_app', 'app_from_env', 'serve', 'free_port', 'serve_arguments', 'ServerProcess']
+           'ROUTES', 'CLIENT_REQUEST_ID', 'SETTINGS_ENV', 'LOOPBACK', 'ServeError', 'record_type', 'RequestParser',
+           'validation_errors', 'record_numeric_block', 'record_category_codes', 'RecordEncoder', 'ServeConfig',
+           'ServeMetrics', 'server_figures', 'fetch_metrics', 'example_record', 'ServedModel', 'load_served',
+           'Overloaded', 'answer_body', 'take_batch', 'Batcher', 'batch_answers', 'Scorer', 'limit_threads',
+           'ClientGone', 'BodyTooLarge', 'ServerState', 'load_checked', 'reload_alias', 'watch_alias', 'answer_predict',
+           'predict_route', 'add_info_routes', 'api_page', 'create_app', 'app_from_env', 'serving_lines',
+           'ReadTimeoutProtocol', 'serve', 'free_port', 'serve_arguments', 'ServerProcess']
 
 # %% ../nbs/04_serve.ipynb #9796a091
 class ServeError(MLLifecycleError):
@@ -72,6 +75,7 @@ def _field_type(predictor: Predictor, name: str) -> Any:
     example = None
     if column is not None:
         example = (column.categories or [None])[0] if kind == "categorical" else column.min
+        example = bool(example) if column.dtype == "bool" and example is not None else example  # true/false, not 0.0
     description = f"{kind} column: {described}" + ("; null when missing" if nullable else "")
     strict = Annotated[kind_type, Field(strict=True)]  # no coercion: "1.5" is not a number, 1 is not text
     return Annotated[Optional[strict] if nullable else strict,
@@ -134,24 +138,29 @@ def validation_errors(error: Exception) -> list[dict]:
     return items
 
 # %% ../nbs/04_serve.ipynb #24204d20
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    "A timestamp in UTC, as the frame path reads it (a naive one is taken to be UTC already)."
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+def _utc_instants(values: list[dt.datetime | None]) -> np.ndarray:
+    "Timestamps as UTC instants, `datetime64[us]` (NaT when missing; a naive one is taken to be UTC already)."
+    instants = np.full(len(values), np.datetime64("NaT", "us"))
+    for i, value in enumerate(values):
+        if value is not None:
+            offset = value.utcoffset()
+            local = np.datetime64(value.replace(tzinfo=None), "us")
+            instants[i] = local if offset is None else local - np.timedelta64(offset // dt.timedelta(microseconds=1), "us")
+    return instants
 
 # %% ../nbs/04_serve.ipynb #7d7156e1
-def _datetime_part(value: dt.datetime | None, part: str) -> float:
-    "One of `DATETIME_PARTS` of a (UTC) timestamp, NaN when it is missing."
-    if value is None:
-        return np.nan
+def _datetime_part(instants: np.ndarray, part: str) -> np.ndarray:
+    "One of `DATETIME_PARTS` of UTC instants (`datetime64[us]`), as float64, NaN where missing."
+    days = instants.astype("datetime64[D]")
     if part == "month":
-        return value.month
-    if part == "day_of_week":
-        return value.weekday()
-    if part == "hour":
-        return value.hour
-    return value.timetuple().tm_yday  # day_of_year
+        values = instants.astype("datetime64[M]").astype(np.int64) % 12 + 1
+    elif part == "day_of_week":
+        values = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0, as in pandas
+    elif part == "hour":
+        values = (instants - days).astype("timedelta64[h]").astype(np.int64)
+    else:  # day_of_year
+        values = (days - instants.astype("datetime64[Y]").astype("datetime64[D]")).astype(np.int64) + 1
+    return np.where(np.isnat(instants), np.nan, values.astype("float64"))
 
 # %% ../nbs/04_serve.ipynb #f8e65690
 def record_numeric_block(pipeline: FeaturePipeline, records: list[dict]) -> tuple[list[str], list[np.ndarray]]:
@@ -161,10 +170,10 @@ def record_numeric_block(pipeline: FeaturePipeline, records: list[dict]) -> tupl
         names.append(name)
         columns.append(np.array([r[name] for r in records], dtype="float64"))  # None → NaN
     for name in pipeline.datetime:
-        times = [_utc(r[name]) for r in records]
+        instants = _utc_instants([r[name] for r in records])
         for part in DATETIME_PARTS:
             names.append(f"{name}__{part}")
-            columns.append(np.array([_datetime_part(t, part) for t in times], dtype="float64"))
+            columns.append(_datetime_part(instants, part))
     used = sorted({n for e in pipeline.derived.values() for n in check_expression(e)})
     raw = {n: np.array([r.get(n) for r in records], dtype="float64") for n in used}
     for name, expression in pipeline.derived.items():
@@ -210,7 +219,9 @@ class RecordEncoder:
                             f"{list(self.pipeline.numeric_stats_)}")
         values = np.column_stack(columns) if columns else np.empty((len(records), 0))
         missing = np.isnan(values)
-        scaled = (values - self._mean) * self._scale
+        limit = float(np.finfo(self.pipeline.dtype).max)  # saturate as `scale_numeric` does
+        with np.errstate(over="ignore"):
+            scaled = np.clip((values - self._mean) * self._scale, -limit, limit)
         np.copyto(scaled, np.broadcast_to(self._fill, scaled.shape), where=missing)
         if self._indicators:
             scaled = np.hstack([scaled, missing[:, self._indicators]])
@@ -250,6 +261,8 @@ class ServeConfig:
     log_buffer_rows: int = 5000  # rows buffered before a log part file is written
     log_flush_s: float = 2.0  # write the log buffer at least this often (seconds)
     reload_s: float = 1.0  # check the alias for a new version this often (seconds; 0 turns hot reload off)
+    read_timeout_s: float = 10.0  # a request's headers and body must arrive within this (seconds), else 408
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this (seconds)
     threads: int = 1  # math-library threads per process
     device: str = "cpu"  # torch models: "cpu", "cuda" or "auto"
 
@@ -265,6 +278,8 @@ class ServeConfig:
         self.max_wait_ms = check_number("max_wait_ms", self.max_wait_ms, 0, 1000)
         self.log_flush_s = check_number("log_flush_s", self.log_flush_s, 0, 3600, low_open=True)
         self.reload_s = check_number("reload_s", self.reload_s, 0, 3600)
+        self.read_timeout_s = check_number("read_timeout_s", self.read_timeout_s, 0, 3600, low_open=True)
+        self.keep_alive_s = check_number("keep_alive_s", self.keep_alive_s, 0, 3600, low_open=True)
         for name in ("alias", "host", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ParamError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
@@ -695,6 +710,10 @@ def limit_threads(threads: int):
         sys.modules["torch"].set_num_threads(threads)
 
 # %% ../nbs/04_serve.ipynb #80f9bd06
+class ClientGone(ServeError):
+    "The connection closed before the whole request body arrived (the client left, or `read_timeout_s` passed)."
+
+
 class BodyTooLarge(ServeError):
     "A request body over the limit (413)."
 
@@ -705,7 +724,7 @@ async def _read_body(receive: Callable, limit: int) -> bytes:
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise BodyTooLarge("the client went away before sending the whole body")
+            raise ClientGone("the client went away (or timed out) before sending the whole body")
         chunk, more = message.get("body", b""), message.get("more_body", False)
         size += len(chunk)
         if size > limit:
@@ -831,6 +850,9 @@ def _error_answer(status: int, message: str, detail: list | None = None, headers
 
     return status, orjson.dumps({"error": message, **({"detail": detail} if detail else {})}), headers or []
 
+# %% ../nbs/04_serve.ipynb #b4e6fa9b
+CLIENT_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,64}")  # a client's X-Request-Id: visible ASCII, echoed back
+
 # %% ../nbs/04_serve.ipynb #a4f8e58c
 async def answer_predict(state: "ServerState", headers: dict[bytes, bytes], receive: Callable,
                         ) -> tuple[int, bytes, list]:  # status, JSON body, extra headers
@@ -845,13 +867,19 @@ async def answer_predict(state: "ServerState", headers: dict[bytes, bytes], rece
         records, is_list = state.parser.parse(await _read_body(receive, state.config.max_body_bytes))
     except BodyTooLarge as e:
         return _error_answer(413, str(e))
+    except ClientGone as e:  # nobody reads this answer; the status is for /metrics
+        return _error_answer(408, str(e))
     except ValidationError as e:
         state.metrics.errors.labels("validation").inc()
         detail = validation_errors(e)
         return _error_answer(422, "; ".join(d["msg"] for d in detail[:5]) + (" …" if len(detail) > 5 else ""), detail)
     finally:
         state.batcher.arriving -= 1
-    request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or state.new_request_id()
+    client_id = headers.get(b"x-request-id")
+    if client_id is not None and not CLIENT_REQUEST_ID.fullmatch(client_id):
+        state.metrics.errors.labels("request_id").inc()
+        return _error_answer(400, "the X-Request-Id header must be 1 to 64 visible ASCII characters")
+    request_id = state.new_request_id()  # the log's key: unique, whatever the client sends
     try:
         answer = await state.batcher.submit(records, request_id, is_list)
     except Overloaded as e:
@@ -859,7 +887,8 @@ async def answer_predict(state: "ServerState", headers: dict[bytes, bytes], rece
         return _error_answer(503, f"the server is busy: {e}; retry shortly", headers=[(b"retry-after", b"1")])
     except DataError as e:
         return _error_answer(422, str(e))
-    return 200, answer, [(b"x-request-id", request_id.encode("latin-1"))]
+    echo = [(b"x-client-request-id", client_id)] if client_id is not None else []
+    return 200, answer, [(b"x-request-id", request_id.encode("ascii")), *echo]
 
 # %% ../nbs/04_serve.ipynb #55b1128e
 def predict_route(state: "ServerState") -> Callable:
@@ -877,14 +906,14 @@ def predict_route(state: "ServerState") -> Callable:
 # %% ../nbs/04_serve.ipynb #be031e66
 def add_info_routes(app, state: "ServerState"):
     "`/health`, `/ready`, `/metadata` and `/metrics`."
-    from fastapi.responses import Response
+    from fastapi.responses import PlainTextResponse, Response
 
     @app.get("/health")
     async def health():
         "The process is alive."
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: {"description": "starting or stopping"}})
     async def ready():
         "A model is loaded and the server takes requests (503 while starting or stopping)."
         if not state.ready:
@@ -897,11 +926,53 @@ def add_info_routes(app, state: "ServerState"):
         "The served model: version, alias, schema, validation metrics, decision threshold."
         return state.metadata()
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)  # documented as text, as it answers
     async def metrics():
         "Prometheus metrics (all worker processes')."
         state.metrics.log_dropped.set(state.log.dropped_rows if state.log is not None else 0)
         return Response(state.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+# %% ../nbs/04_serve.ipynb #45fb9725
+def api_page(openapi: dict) -> str:
+    "A self-contained HTML page of an OpenAPI document (routes, the record's fields, a form to try /predict)."
+    from html import escape
+    import json
+
+    routes = []
+    for path, operations in openapi.get("paths", {}).items():
+        for method, op in operations.items():
+            answers = "".join(f"<li><code>{escape(str(code))}</code> {escape(r.get('description', ''))}</li>"
+                              for code, r in op.get("responses", {}).items())
+            routes.append(f"<h3><code>{method.upper()} {escape(path)}</code></h3><p>{escape(op.get('summary', ''))}"
+                          f"</p><p>{escape(op.get('description', ''))}</p><ul>{answers}</ul>")
+    record = next((s for name, s in openapi.get("components", {}).get("schemas", {}).items()
+                   if name.startswith("Record")), {"properties": {}})
+    fields = "".join(f"<tr><td><code>{escape(name)}</code></td><td>{escape(field.get('description', ''))}</td>"
+                     f"<td><code>{escape(json.dumps((field.get('examples') or [None])[0]))}</code></td></tr>"
+                     for name, field in record.get("properties", {}).items())
+    example = {name: (field.get("examples") or [None])[0] for name, field in record.get("properties", {}).items()}
+    title = escape(openapi.get("info", {}).get("title", "API"))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
+body{{font:15px/1.5 system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}}
+code,textarea{{font-family:ui-monospace,monospace}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left}} textarea{{width:100%;height:12em}}
+pre{{background:#f4f4f4;padding:.5em;white-space:pre-wrap}}</style></head><body>
+<h1>{title}</h1><p>{escape(openapi.get("info", {}).get("description", ""))}
+The OpenAPI document: <a href="openapi.json">openapi.json</a>.</p>
+<h2>Try <code>POST /predict</code></h2><p>One record (an object) or several (an array of objects).</p>
+<textarea id="body">{escape(json.dumps(example, indent=1))}</textarea>
+<p>Bearer token (when the server needs one): <input id="token" type="password">
+<button id="send">Send</button></p><pre id="answer"></pre>
+<h2>The record's fields</h2><table><tr><th>field</th><th>what</th><th>example</th></tr>{fields}</table>
+<h2>Routes</h2>{"".join(routes)}
+<script>
+document.getElementById("send").onclick = async () => {{
+  const token = document.getElementById("token").value, headers = {{"content-type": "application/json"}};
+  if (token) headers.authorization = "Bearer " + token;
+  const response = await fetch("predict", {{method: "POST", headers, body: document.getElementById("body").value}});
+  document.getElementById("answer").textContent = response.status + " " + await response.text();
+}};
+</script></body></html>"""
 
 # %% ../nbs/04_serve.ipynb #0568eb08
 def _openapi(app, records: dict) -> dict:
@@ -923,6 +994,7 @@ def create_app(config: ServeConfig,  # the server's settings
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse
 
     token = os.environ.get(TOKEN_ENV) if token is None else token
     limit_threads(config.threads)
@@ -937,7 +1009,7 @@ def create_app(config: ServeConfig,  # the server's settings
         await state.stop()
 
     app = FastAPI(title="mllifecycle prediction server", lifespan=lifespan, version=str(state.model.version),
-                  description=f"Serves `{config.alias}` from {state.registry.root}.")
+                  description=f"Serves `{config.alias}` from {state.registry.root}.", docs_url=None, redoc_url=None)
     app.state.server = state
     body_schema = state.parser.json_schema()
 
@@ -949,6 +1021,7 @@ def create_app(config: ServeConfig,  # the server's settings
     )(predict_route(state))
     add_info_routes(app, state)
     app.openapi = partial(_openapi, app, body_schema.get("$defs", {}))
+    app.get("/docs", include_in_schema=False, response_class=HTMLResponse)(lambda: api_page(app.openapi()))
     app.add_middleware(_Guard, token=token or None, max_body_bytes=config.max_body_bytes, metrics=state.metrics,
                        routes=set(ROUTES), predict=partial(answer_predict, state))
     return app
@@ -964,6 +1037,63 @@ def app_from_env():
     settings = json.loads(os.environ[SETTINGS_ENV])
     return create_app(ServeConfig(**settings["config"]), settings["registry_dir"])
 
+# %% ../nbs/04_serve.ipynb #a9501cc1
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serving_lines(config: ServeConfig, registry_root: str | Path, version: int, token: str | None) -> list[str]:
+    "The lines `serve` prints on start: what it serves where, and a warning for an open port without a token."
+    lines = [f"serving {config.alias} (version {version}) from {registry_root} on "
+             f"http://{config.host}:{config.port} (docs: /docs)"]
+    if config.host not in LOOPBACK and not token:
+        lines.append(f"warning: listening on {config.host} without a bearer token: anyone who can reach port "
+                     f"{config.port} can use the model; set {TOKEN_ENV} to require one")
+    return lines
+
+# %% ../nbs/04_serve.ipynb #72a64c6c
+class ReadTimeoutProtocol(HttpToolsProtocol):
+    "uvicorn's HTTP protocol with a read deadline: a whole request within `read_timeout_s`, else 408 and close."
+
+    def __init__(self, *args, read_timeout_s: float = 10.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read_timeout_s, self.read_deadline = read_timeout_s, None
+
+    def arm(self):
+        self.disarm()
+        self.read_deadline = self.loop.call_later(self.read_timeout_s, self.read_timed_out)
+
+    def disarm(self):
+        if self.read_deadline is not None:
+            self.read_deadline.cancel()
+            self.read_deadline = None
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self.arm()  # the first request's first byte must come within the deadline too
+
+    def on_message_begin(self):
+        super().on_message_begin()
+        if self.read_deadline is None:
+            self.arm()
+
+    def on_message_complete(self):
+        super().on_message_complete()
+        self.disarm()
+
+    def connection_lost(self, exc):
+        self.disarm()
+        super().connection_lost(exc)
+
+    def read_timed_out(self):
+        self.read_deadline = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or not self.cycle.response_started:
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                 b"connection: close\r\ncontent-length: 53\r\n\r\n"
+                                 b'{"error": "the request did not arrive in time (408)"}')
+        self.transport.close()
+
 # %% ../nbs/04_serve.ipynb #6da000c0
 def serve(config: ServeConfig,  # the server's settings
           registry_dir: str | Path,  # the registry to serve from
@@ -974,15 +1104,20 @@ def serve(config: ServeConfig,  # the server's settings
     import uvicorn
 
     registry = RegistryReader(registry_dir)
-    registry.resolve(config.alias)  # a clear error now rather than in every worker
+    version = registry.resolve(config.alias)  # a clear error now rather than in every worker
+    registry.verify(version)  # a corrupt version is refused before anything says it is served
     if config.log and config.log_dir is None:
         config = ServeConfig(**{**asdict(config), "log_dir": str(Path("prediction-log").resolve())})
     options = dict(host=config.host, port=config.port, log_level="warning", access_log=False,
-                   timeout_graceful_shutdown=30)
+                   timeout_graceful_shutdown=30, timeout_keep_alive=config.keep_alive_s,
+                   http=partial(ReadTimeoutProtocol, read_timeout_s=config.read_timeout_s))
+    app = create_app(config, registry.root) if config.workers == 1 else None  # loads and checks the model
+    for line in serving_lines(config, registry.root, version, token=os.environ.get(TOKEN_ENV)):
+        print(line, file=sys.stderr, flush=True)
     # uvicorn re-raises SIGTERM after its graceful shutdown; this handler turns that into a clean exit (status 0)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    if config.workers == 1:
-        uvicorn.run(create_app(config, registry.root), **options)
+    if app is not None:
+        uvicorn.run(app, **options)
         return
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mllifecycle-metrics-")
@@ -1019,8 +1154,8 @@ class ServerProcess:
         self.config = ServeConfig(**{**asdict(config), "port": port or free_port()})
         self.registry_dir, self.env, self.timeout = Path(registry_dir), env or {}, timeout
         self.process: subprocess.Popen | None = None
-        with tempfile.NamedTemporaryFile(prefix="mllifecycle-serve-", suffix=".log", delete=False) as out:
-            self.output = Path(out.name)  # what the server prints, quoted when it fails to start
+        self.output: Path | None = None  # a temporary file of what the server prints, while it runs
+        self.printed = ""  # what it printed, kept when it stops (the file is then removed: nothing left behind)
 
     @property
     def url(self) -> str:
@@ -1031,7 +1166,9 @@ class ServerProcess:
 
         command = [sys.executable, "-c", "import sys; from mllifecycle.cli import main; sys.exit(main())", "serve",
                    "--registry", str(self.registry_dir), *serve_arguments(self.config)]
-        with open(self.output, "wb") as out:
+        descriptor, name = tempfile.mkstemp(prefix="mllifecycle-serve-", suffix=".log")
+        self.output = Path(name)
+        with os.fdopen(descriptor, "wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                             env={**os.environ, **self.env})
         token = self.env.get(TOKEN_ENV) or os.environ.get(TOKEN_ENV)
@@ -1039,6 +1176,7 @@ class ServerProcess:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.stop()
                 raise ServeError(f"the server exited with status {self.process.returncode}: {self.tail()}")
             try:
                 if httpx.get(f"{self.url}/ready", headers=headers, timeout=1).status_code == 200:
@@ -1051,19 +1189,25 @@ class ServerProcess:
 
     def tail(self, lines: int = 5) -> str:
         "The last lines the server printed."
-        text = self.output.read_text(errors="replace").strip().splitlines() if self.output.exists() else []
+        running = self.output is not None and self.output.exists()
+        text = (self.output.read_text(errors="replace") if running else self.printed).strip().splitlines()
         return " | ".join(text[-lines:]) or "(no output)"
 
     def stop(self, timeout: float = 60.0) -> int | None:
         "SIGTERM, then wait for the graceful exit (SIGKILL after `timeout`); the exit status."
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+            if self.process is None or self.process.poll() is not None:
+                return None if self.process is None else self.process.returncode
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                return self.process.wait()
+        finally:
+            if self.output is not None and self.output.exists():
+                self.printed = self.output.read_text(errors="replace")
+                self.output.unlink()
 
     def __exit__(self, *exc):
         self.stop()
