@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import itertools
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -28,11 +30,12 @@ from .data import DataError, Schema, check_expression
 from .registry import PREDICTION, Predictions, Predictor, probability_column
 
 # %% auto #0
-__all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFIX', 'SHADOW_VERSION', 'BatchError',
-           'shadow_column', 'input_columns', 'output_fields', 'log_schema', 'log_table', 'text_columns', 'LoggedBatch',
-           'logged_inputs', 'record_columns', 'no_answers', 'joined_answers', 'logged_table', 'write_log_part',
-           'PredictionLog', 'read_log', 'log_inputs', 'log_scores', 'output_values', 'parse_part', 'input_units',
-           'read_chunks', 'prefetch', 'in_order', 'score_chunk', 'predict_file']
+__all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFIX', 'SHADOW_VERSION', 'LOG_TIME', 'BatchError',
+           'shadow_column', 'input_columns', 'output_fields', 'log_schema', 'log_timestamps', 'log_table',
+           'text_columns', 'LoggedBatch', 'logged_inputs', 'record_columns', 'no_answers', 'joined_answers',
+           'logged_table', 'write_log_part', 'PredictionLog', 'read_log', 'log_inputs', 'log_scores', 'output_values',
+           'parse_part', 'input_units', 'read_chunks', 'prefetch', 'in_order', 'score_chunk', 'temporary_output',
+           'remove_abandoned', 'predict_file']
 
 # %% ../nbs/04_batch.ipynb #591b51cb
 class BatchError(DataError):
@@ -99,9 +102,45 @@ def _values(inputs: pd.DataFrame | list[dict] | dict, name: str) -> Any:
         return inputs[name]
     return [record.get(name) for record in inputs]
 
+# %% ../nbs/04_batch.ipynb #1536df59
+LOG_TIME = pa.timestamp("us", tz="UTC")  # the log's time type
+
+
+def log_timestamps(values: Any,  # a Series, Arrow array, or list of datetimes / ISO 8601 text
+                   name: str = "timestamp",  # the column, for messages
+                  ) -> pa.Array:  # `LOG_TIME`
+    "Timestamps as the log keeps them: UTC microseconds (naive ones taken as UTC, finer digits dropped)."
+    if isinstance(values, pd.Series) and not pd.api.types.is_datetime64_any_dtype(values):
+        if pd.api.types.is_numeric_dtype(values) and values.notna().any():
+            raise DataError(f"column {name!r} holds numbers ({values.dtype}), not timestamps")
+        try:
+            values = pd.to_datetime(values, utc=True, format="ISO8601")
+        except (ValueError, TypeError) as e:
+            raise DataError(f"column {name!r} should hold timestamps: {e}") from None
+    if isinstance(values, pd.Series):
+        array = pa.Array.from_pandas(values)
+    elif isinstance(values, np.ndarray) and values.dtype.kind == "M":
+        array = pa.array(values)
+    elif not isinstance(values, pa.Array):  # Python datetimes: naive ones taken as UTC, zoned ones converted
+        try:
+            array = pa.array(list(values), LOG_TIME)
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as e:
+            raise DataError(f"column {name!r} should hold timestamps: {e}") from None
+    else:
+        array = values
+    if pa.types.is_null(array.type):
+        return pa.nulls(len(array), LOG_TIME)
+    if not pa.types.is_timestamp(array.type):
+        raise DataError(f"column {name!r} holds {array.type}, not timestamps")
+    if array.type.tz is None:
+        array = array.cast(pa.timestamp(array.type.unit, tz="UTC"))  # naive: already UTC
+    return array.cast(LOG_TIME, safe=False)  # only a finer unit can lose anything: its sub-microsecond digits
+
 # %% ../nbs/04_batch.ipynb #a053c5f9
 def _as_array(values: Any, kind: pa.DataType) -> pa.Array:
     "Values as an Arrow array of type `kind`, converted without a Python loop wherever they allow it."
+    if pa.types.is_timestamp(kind):
+        return log_timestamps(values).cast(kind)
     if isinstance(values, pa.Array):
         return values.cast(kind)
     if pa.types.is_string(kind):
@@ -117,8 +156,6 @@ def _as_array(values: Any, kind: pa.DataType) -> pa.Array:
             values = values.astype(kind.to_pandas_dtype())
         except (TypeError, ValueError):
             pass
-    if pa.types.is_timestamp(kind) and isinstance(values, pd.Series) and not pd.api.types.is_datetime64_any_dtype(values):
-        values = pd.to_datetime(values, utc=True, format="ISO8601")
     return pa.array(values, kind, from_pandas=True)
 
 # %% ../nbs/04_batch.ipynb #46bb0d0d
@@ -276,7 +313,7 @@ class PredictionLog:
     def _write_loop(self):
         while True:
             try:
-                buffer = self._pending.get(timeout=min(self.flush_seconds, 0.5))
+                buffer = self._pending.get(timeout=min(self.flush_seconds / 10, 0.5))  # an answer waits ≤ 1.1 × flush
             except queue.Empty:
                 with self._lock:
                     if self._since is not None and time.monotonic() - self._since >= self.flush_seconds:
@@ -492,9 +529,40 @@ def score_chunk(predictor: Predictor,  # the model
     except DataError as e:
         raise BatchError(f"rows {first}–{first + len(frame) - 1} of {Path(source).name}: {e}") from None
     latency = (time.perf_counter() - tick) * 1000 / len(frame)
-    when = frame[time_column] if time_column else dt.datetime.now(dt.timezone.utc)
+    if time_column and time_column not in frame:
+        raise BatchError(f"{Path(source).name} has no column {time_column!r} (the time column)")
+    try:
+        when = log_timestamps(frame[time_column], time_column) if time_column else dt.datetime.now(dt.timezone.utc)
+    except DataError as e:
+        raise BatchError(f"rows {first}–{first + len(frame) - 1} of {Path(source).name}: {e}") from None
     return log_table(schema, frame, answers, request_id=job, rows=np.arange(first, first + len(frame)),
                      timestamp=when, model_version=predictor.version, latency_ms=latency)
+
+# %% ../nbs/04_batch.ipynb #0ccf8f41
+def temporary_output(output: Path) -> Path:
+    "The hidden file a job writes `output` to before renaming it: named after this host and process."
+    return output.with_name(f".{output.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: running
+        return True
+    return True
+
+
+def remove_abandoned(output: Path) -> list[Path]:
+    "Delete the temporaries of `output` whose writer, a process of this host, no longer runs; the deleted paths."
+    removed, host = [], socket.gethostname()
+    for path in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+        writer = path.name[len(output.name) + 2:-len(".tmp")].rsplit(".", 2)  # host (may hold dots), pid, random
+        if len(writer) == 3 and writer[0] == host and writer[1].isdigit() and not _running(int(writer[1])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 # %% ../nbs/04_batch.ipynb #faee5c6e
 def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("champion")`)
@@ -507,6 +575,7 @@ def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("
                  time_column: str | None = None,  # the log's timestamp: this column's values (default: now)
                  progress: bool = True,  # a tqdm progress bar
                  workers: int | None = None,  # chunks scored at once on threads; None → one per core, plus one
+                 stop: threading.Event | None = None,  # set (e.g. on SIGTERM) to stop after the chunks in hand
                 ) -> dict:  # rows, seconds, rows_per_s, model_version, output
     "Score a file of any size in bounded memory into a prediction-log Parquet file."
     from tqdm.auto import tqdm
@@ -525,7 +594,8 @@ def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("
     text = predictor.schema.names("feature", "categorical") + predictor.schema.names("id")
     total = sum(pq.ParquetFile(f).metadata.row_group(g).num_rows for f, g, _ in units if g is not None) or None
     output.parent.mkdir(parents=True, exist_ok=True)
-    temporary, job = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp"), uuid.uuid4().hex[:12]
+    remove_abandoned(output)
+    temporary, job = temporary_output(output), uuid.uuid4().hex[:12]
     score = partial(score_chunk, predictor, schema, job=job, source=input, time_column=time_column)
     started, rows = time.perf_counter(), 0
     try:
@@ -533,6 +603,8 @@ def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("
                 tqdm(total=total, unit="rows", unit_scale=True, disable=not progress, desc="predict") as bar:
             chunks = prefetch(read_chunks(units, wanted, chunk_rows, text))
             for table in in_order(lambda first, frame: score(frame, first=first), chunks, workers):
+                if stop is not None and stop.is_set():
+                    raise BatchError(f"stopped after {rows:,} rows (asked to stop): {output} was not written")
                 writer.write_table(table)
                 rows += table.num_rows
                 bar.update(table.num_rows)

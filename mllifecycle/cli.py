@@ -20,10 +20,10 @@ from .pipeline import (
     default_registry, find_stages, load_params_file, parse_value, run_pipeline, stage_params_class)
 
 # %% auto #0
-__all__ = ['COMMANDS', 'GROUPS', 'Command', 'command', 'given_params', 'run_command', 'report_command', 'params_command',
-           'train_command', 'open_registry', 'registry_list_command', 'registry_promote_command',
+__all__ = ['COMMANDS', 'GROUPS', 'DEBUG_ENV', 'Command', 'command', 'given_params', 'run_command', 'report_command',
+           'params_command', 'train_command', 'open_registry', 'registry_list_command', 'registry_promote_command',
            'registry_rollback_command', 'dataclass_options', 'given_config', 'serve_command', 'predict_command',
-           'monitor_command', 'build_parser', 'main']
+           'monitor_command', 'build_parser', 'Terminated', 'main']
 
 # %% ../nbs/08_cli.ipynb #bbda218e
 @dataclass
@@ -264,10 +264,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from mllifecycle.serve import ServeConfig, serve
 
     registry = open_registry(args)
-    config = given_config(ServeConfig, args, registry_dir=str(registry.root))
-    print(f"serving {config.alias} from {registry.root} on http://{config.host}:{config.port} (docs: /docs)",
-          file=sys.stderr)
-    serve(config, registry.root)
+    serve(given_config(ServeConfig, args, registry_dir=str(registry.root)), registry.root)
     return 0
 
 # %% ../nbs/08_cli.ipynb #86e1449f
@@ -287,15 +284,26 @@ def _predict_options(parser: argparse.ArgumentParser):
 
 @command("predict", "score a Parquet or CSV file (or a folder of Parquet parts) into a Parquet file", _predict_options)
 def predict_command(args: argparse.Namespace) -> int:
-    "Batch inference with a registry version; print what was written."
-    from mllifecycle.batch import predict_file
+    "Batch inference with a registry version; print what was written. SIGTERM stops it between two chunks."
+    import signal
+    import threading
+
+    from mllifecycle.batch import BatchError, predict_file
 
     if args.chunk_rows < 1:
         raise ParamError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
     predictor = open_registry(args).load(args.alias, device=args.device)
-    done = predict_file(predictor, args.input, args.output, chunk_rows=args.chunk_rows, part=args.part,
-                        inputs=args.inputs, time_column=args.time_column, progress=not args.no_progress,
-                        workers=args.workers)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():  # `main` puts its own handler back afterwards
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        done = predict_file(predictor, args.input, args.output, chunk_rows=args.chunk_rows, part=args.part,
+                            inputs=args.inputs, time_column=args.time_column, progress=not args.no_progress,
+                            workers=args.workers, stop=stop)
+    except BatchError:
+        if stop.is_set():
+            raise Terminated() from None
+        raise
     print(f"{done['rows']:,} rows → {done['output']} (version {done['model_version']}, "
           f"{done['rows_per_s']:,.0f} rows/s)")
     return 0
@@ -373,13 +381,29 @@ def build_parser(commands: Sequence[Command] = COMMANDS,
         sub.set_defaults(handler=cmd.run)
     return parser
 
+# %% ../nbs/08_cli.ipynb #4d9f3747
+DEBUG_ENV = "MLLIFECYCLE_DEBUG"  # set: an unexpected error shows its traceback
+
+
+class Terminated(BaseException):
+    "SIGTERM arrived: raised in the main thread, so that clean-up runs before the command exits (status 143)."
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
 # %% ../nbs/08_cli.ipynb #a25d33a8
 def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of the `mllifecycle` command."
+    import signal
+    import threading
+
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv=argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "log_output", False) else logging.WARNING,
                         format="%(message)s")
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         return args.handler(args)
     except MLLifecycleError as e:
@@ -388,6 +412,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mllifecycle: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("mllifecycle: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except BrokenPipeError:  # the reader went away (`mllifecycle params | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a file the command was pointed at: missing, unreadable, a folder
+        print(f"mllifecycle: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 1
+    except Exception as e:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"mllifecycle: unexpected error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              f"(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return 2
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
