@@ -6,10 +6,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import logging
 import os
 import re
 import shutil
 import uuid
+import zipfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,11 +31,11 @@ from mllifecycle.train import (
 
 # %% auto #0
 __all__ = ['SCHEMA', 'DATASET', 'SKLEARN_FORMAT', 'TRUSTED_SKLEARN_TYPES', 'MAX_HGB_CATEGORIES', 'PREDICTION', 'REGISTRY_FORMAT',
-           'PACKAGE_FORMAT', 'RegistryError', 'features_matrix', 'categorical_mask', 'sklearn_scores',
-           'save_sklearn_model', 'load_sklearn_model', 'probability_column', 'Predictions', 'as_frame', 'Predictor',
-           'load_predictor', 'schema_differences', 'other_data', 'AliasBook', 'write_package', 'package_manifest',
-           'version_row', 'VersionSources', 'package_sources', 'write_version', 'check_alias', 'check_fits',
-           'version_number', 'RegistryReader', 'Registry']
+           'PACKAGE_FORMAT', 'LOADING_KEYS', 'OBJECT_ID', 'RegistryError', 'features_matrix', 'categorical_mask',
+           'sklearn_scores', 'save_sklearn_model', 'load_sklearn_model', 'probability_column', 'Predictions',
+           'as_frame', 'Predictor', 'load_predictor', 'schema_differences', 'other_data', 'AliasBook', 'write_package',
+           'package_manifest', 'version_row', 'VersionSources', 'package_sources', 'model_content', 'write_version',
+           'check_alias', 'check_fits', 'version_number', 'RegistryReader', 'Registry']
 
 # %% ../nbs/03_registry.ipynb #d472afb8
 class RegistryError(MLLifecycleError):
@@ -403,6 +407,41 @@ def package_sources(run: Run,  # the run holding the model
     files += [path for path in (f"{folder}/history.json", DATASET) if run.exists(path)]
     return VersionSources(config=config, model_file=model_file, files={p: run.artifact(p) for p in files})
 
+# %% ../nbs/03_registry.ipynb #23dee9b1
+LOADING_KEYS = ("format", "kind", "classes", "target_scale", "estimator", "params", "n_features")  # config.json
+OBJECT_ID = re.compile(r'(?<="__id__": )\d+|\d+(?=\.npy)')  # how a skops archive names its objects and arrays
+
+
+def _file_content(path: Path, digest) -> None:
+    "Feed a model file's content to `digest`: a skops archive by its members with object ids renumbered."
+    if not zipfile.is_zipfile(path):
+        digest.update(path.read_bytes())
+        return
+    with zipfile.ZipFile(path) as archive:
+        ids: dict[str, str] = {}
+        schema = OBJECT_ID.sub(lambda m: ids.setdefault(m.group(0), str(len(ids))),
+                               archive.read("schema.json").decode())
+        digest.update(schema.encode())
+        members = {OBJECT_ID.sub(lambda m: ids.get(m.group(0), m.group(0)), name): name
+                   for name in archive.namelist() if name != "schema.json"}
+        for canonical in sorted(members):
+            digest.update(canonical.encode() + b"\0" + archive.read(members[canonical]))
+
+
+def model_content(files: dict[str, Path],  # a version's files by package path (`package_sources`, or a package's)
+                  threshold: float | None,  # its binary decision threshold
+                 ) -> str:  # sha256 hex digest
+    "A digest of what a version answers with: model file, pipeline, schema, the loading part of its config, threshold."
+    digest = hashlib.sha256()
+    for relpath in sorted(files):
+        if relpath.endswith("/config.json"):
+            config = read_json(files[relpath])
+            digest.update(json.dumps({k: config.get(k) for k in LOADING_KEYS}, sort_keys=True).encode())
+        elif relpath in (PIPELINE, SCHEMA) or (relpath.startswith("models/") and not relpath.endswith("history.json")):
+            _file_content(files[relpath], digest)
+    digest.update(json.dumps({"threshold": threshold}).encode())
+    return digest.hexdigest()
+
 # %% ../nbs/03_registry.ipynb #d5422a72
 def write_version(versions: Path,  # the registry's versions/ folder
                   version: int,  # the new version's number
@@ -525,15 +564,41 @@ class Registry(RegistryReader):
                  metrics: dict | None = None,  # its validation figures, stored with it
                  threshold: float | None = None,  # binary decision threshold
                  notes: dict | None = None,  # anything else for the manifest (e.g. why it was selected)
-                ) -> int:  # the new version number
-        "Copy a run's model, feature pipeline and schema into a new immutable version."
+                 duplicate: str = "reuse",  # a model equal to a version's: "reuse" that version, or "keep" a new one
+                ) -> int:  # the new version number (or the equal version's, when reused)
+        "Copy a run's model, feature pipeline and schema into a new immutable version (unless one already holds it)."
+        if duplicate not in ("reuse", "keep"):
+            raise ParamError(f"duplicate must be 'reuse' or 'keep', got {duplicate!r}")
         sources = package_sources(run, name)  # every file verified before anything is copied
+        content = model_content(sources.files, threshold)
         with self._lock():
+            equal = self.holding(content)
+            if equal is not None and duplicate == "reuse":
+                logging.getLogger(__name__).warning(
+                    "registry %s: model %r of run %s equals version %d; not registered again", self.root, name,
+                    run.path, equal)
+                return equal
             version = max(self.versions(), default=0) + 1
+            kept = {"duplicate_of": equal} if equal is not None else {}
             write_version(self._versions_dir, version, sources.files, metrics or {}, package_manifest(
                 run, name, sources.config, model_file=sources.model_file, version=version, threshold=threshold,
-                notes=notes))
+                notes={**(notes or {}), "content_sha256": content, **kept}))
         return version
+
+    def holding(self, content: str) -> int | None:
+        "The first version whose model content (`model_content`) is `content`, or None."
+        for version in self.versions():
+            package = self._versions_dir / str(version)
+            try:
+                manifest = read_json(package / "manifest.json")
+                found = manifest.get("content_sha256") or model_content(  # a version from before the digest
+                    {str(p.relative_to(package)): p for p in package.rglob("*") if p.is_file()},
+                    manifest.get("threshold"))
+            except (ArtifactError, OSError):
+                continue  # an unreadable version holds nothing we can match
+            if found == content:
+                return version
+        return None
 
     def mismatch(self, ref: int | str,  # a version
                  other: int | str = "champion",  # the version it would replace (default: the champion)

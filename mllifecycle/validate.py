@@ -1185,6 +1185,10 @@ def decide_promotion(registry: Registry, version: int, params: ValidateParams, i
         champion = None
     metric = inputs.metric
     decision = {"version": version, "champion_before": champion, "metric": metric, "value": value}
+    if version == champion:  # `Registry.register` found this very model in the registry
+        decision.update(alias="champion", reason=f"the registry already holds this model as version {version}, "
+                                                 "the champion: nothing to promote")
+        return decision
     other_data = registry.mismatch(version) if champion is not None else []
     if other_data and params.promote != "always":
         decision.update(alias=None, reason=(
