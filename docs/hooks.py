@@ -80,12 +80,49 @@ def math_threads_env(workers: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(share))}
 
 
+RUNNING: set = set()  # the notebook processes of this build, stopped with it (`stop_notebooks`)
+STOPPING = __import__("threading").Event()  # set by `stop_notebooks`: no new notebook process starts
+
+
 def execute_in_process(job: tuple[str, str], workers: int = 1) -> str | None:
     "`execute` in a fresh Python process (a notebook's state stays its own, as under nbdev_test), one of `workers`."
     import subprocess
 
-    done = subprocess.run([sys.executable, __file__, *job], capture_output=True, text=True, env=math_threads_env(workers))
-    return None if done.returncode == 0 else (done.stdout + done.stderr).strip() or f"{job[0]}: exit {done.returncode}"
+    if STOPPING.is_set():
+        return f"{job[0]}: not run (the build was interrupted)"
+    with subprocess.Popen([sys.executable, __file__, *job], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=math_threads_env(workers), start_new_session=True) as process:
+        RUNNING.add(process)  # its own process group: a server or kernel the notebook starts is stopped with it
+        try:
+            output, _ = process.communicate()
+        finally:
+            RUNNING.discard(process)
+    return None if process.returncode == 0 else output.strip() or f"{job[0]}: exit {process.returncode}"
+
+
+def stop_notebooks(grace_s: float = 5.0) -> None:
+    "Stop every running notebook process and its children (SIGTERM, then SIGKILL after `grace_s`)."
+    import signal
+    import time
+
+    STOPPING.set()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for process in list(RUNNING):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while any(p.poll() is None for p in list(RUNNING)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class Interrupted(BaseException):
+    "The build got SIGTERM."
+
+
+def _interrupt(signum, frame):
+    raise Interrupted()
 
 
 def executed_notebooks(notebooks: list[Path], workers: int) -> dict[Path, Path]:
@@ -97,9 +134,23 @@ def executed_notebooks(notebooks: list[Path], workers: int) -> dict[Path, Path]:
                 for nb in notebooks}
     todo = [(str(nb), str(out)) for nb, out in executed.items() if not out.exists()]
     if todo:
+        import signal
+        import threading
+
         print(f"docs: executing {len(todo)} notebook(s) on {workers} worker(s)", file=sys.stderr)
-        with ThreadPoolExecutor(workers) as pool:
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+        pool = ThreadPoolExecutor(workers)
+        try:  # an interrupted build (Ctrl-C, SIGTERM) stops its notebook processes: none runs on without it
             errors = [e for e in pool.map(functools.partial(execute_in_process, workers=workers), todo) if e]
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # the queued notebooks never start
+            stop_notebooks()
+            raise
+        finally:
+            pool.shutdown()
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
         if errors:
             raise SystemExit("docs: a notebook failed, so its page would be wrong:\n" + "\n".join(errors))
     for stale in CACHE.glob("*.ipynb"):  # keep the cache to what the notebooks are now
