@@ -106,6 +106,18 @@ def drift_world(tmp_path_factory):
             "log": read_log(root / "log.parquet")}
 
 
+def chromium() -> str | None:
+    "Debian's Chromium (or $CHROMIUM); None when there is no browser to drive."
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def launch_chromium(playwright):
+    "Chromium through Playwright, headless, with its own calls home turned off (so a test sees only the page's)."
+    return playwright.chromium.launch(executable_path=chromium(), args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+
+
 def copy_registry(registry, folder):
     "A copy of `registry` under `folder`, for a test that moves its aliases."
     from mllifecycle.registry import Registry

@@ -7,7 +7,6 @@ import importlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LIFECYCLE
+from conftest import LIFECYCLE, chromium, launch_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["index"] + sorted(re.sub(r"^\d+_", "", p.stem) for p in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
@@ -76,11 +75,6 @@ def test_site_asks_nothing_of_the_network_and_has_a_search_index(site):
     assert {doc["location"].split("#")[0] for doc in index["docs"]} >= {f"{p}.html" for p in PAGES}
 
 
-def chromium() -> str | None:
-    "Debian's Chromium (or $CHROMIUM); None when there is no browser to drive."
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.skipif(chromium() is None, reason="no Chromium installed: `apt-get install -y chromium` (Debian) "
                                                 "or set CHROMIUM to a Chromium binary to run the browser test")
 def test_pages_render_in_a_real_browser_with_figures_and_no_errors(site):
@@ -92,9 +86,7 @@ def test_pages_render_in_a_real_browser_with_figures_and_no_errors(site):
     base = f"http://127.0.0.1:{server.server_address[1]}/"
     try:
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium(), args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
+            browser = launch_chromium(p)
             page = browser.new_page()
             problems, outside = [], []
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)

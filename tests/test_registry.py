@@ -67,7 +67,7 @@ def test_references_resolve_and_unknown_ones_say_what_exists(source, registry):
 def test_promote_and_rollback_walk_the_alias_history(source, registry):
     run, *_ = source
     for name in ("a", "b", "a"):
-        registry.register(run, name)
+        registry.register(run, name, duplicate="keep")  # version 3 is version 1 again, on purpose
     registry.promote(2, alias="challenger")
     registry.promote(1, reason="first")
     registry.promote(2)  # the challenger becomes champion and stops challenging

@@ -203,6 +203,20 @@ def test_schemathesis_finds_no_server_error(server):
         no_server_error()
 
 
+def test_schemathesis_with_every_check_finds_no_failure(server, tmp_path):
+    """Schemathesis's own command with `--checks all` (status codes and content types as documented, schema-valid
+    requests accepted, response schemas, server errors), on a bounded budget and a fixed seed."""
+    import shutil
+
+    from conftest import run_command
+
+    st = shutil.which("st") or shutil.which("schemathesis")
+    assert st, "schemathesis's command is not installed (pip install -e '.[dev]')"
+    result = run_command([st, "run", f"{server[0].url}/openapi.json", "--checks", "all", "--max-examples", "30",
+                          "--generation-deterministic", "--workers", "1"], cwd=tmp_path, limit_s=600)  # its .schemathesis/ goes there
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
 async def _post_all(url: str, bodies: list, timeout: float = 60) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=len(bodies))
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:

@@ -75,21 +75,22 @@ def test_registered_champion_predicts_what_was_measured(validated):
 
 
 def test_same_seed_same_metrics_and_a_challenger(validated, tmp_path):
-    "Re-validating the run gives identical figures; the same model again does not displace the champion."
+    "Re-validating the run gives identical figures; the same model again is the champion's version, not a new one."
     root, stage = validated
     shutil.copytree(root / "registry", tmp_path / "registry")
     again = validate_stage(ValidateParams(run_dir=str(stage.run.path), registry_dir=str(tmp_path / "registry"), **FAST))
     columns = ["model", "auroc", "ci_low", "ci_high", "difference", "train_auroc", "cv_auroc_mean"]
     pd.testing.assert_frame_equal(again.comparison[columns], stage.comparison[columns])
-    assert again.registry["version"] == 2 and again.registry["alias"] == "challenger"
+    assert again.registry["version"] == 1 and again.registry["alias"] == "champion"
+    assert "already holds this model as version 1" in again.registry["reason"]
     registry = Registry(tmp_path / "registry")
-    assert registry.resolve("champion") == 1 and registry.resolve("challenger") == 2
+    assert registry.versions() == [1] and registry.resolve("champion") == 1
 
 
 def test_tampered_weights_are_refused(validated, registry):
     _, stage = validated
     for model in ("mlp", "hgb"):  # torch and scikit-learn families
-        version = registry.register(stage.run, model)
+        version = registry.register(stage.run, model, duplicate="keep")  # a version of its own to tamper with
         package = registry.package(version)
         model_file = package.file(registry.verify(version)["model_file"])
         model_file.chmod(0o644)
@@ -135,13 +136,13 @@ CRASH = textwrap.dedent("""
     else:
         version = str(max(registry.versions()) + 1)
         os.rename = crash_on("/versions/" + version, real_rename)
-        registry.register(Run(sys.argv[3]), "hgb")
+        registry.register(Run(sys.argv[3]), "hgb", duplicate="keep")
 """)
 
 
 def test_a_crash_mid_promotion_leaves_the_old_champion(validated, registry):
     _, stage = validated
-    version = registry.register(stage.run, "hgb")
+    version = registry.register(stage.run, "hgb", duplicate="keep")
     result = run_command([sys.executable, "-c", CRASH, registry.root, "promote", version])
     assert result.returncode == 9, result.stderr
     assert registry.resolve("champion") == 1  # the pointer never moved
@@ -158,7 +159,7 @@ def test_a_crash_mid_registration_leaves_no_half_version(validated, registry):
     assert result.returncode == 9, result.stderr
     assert registry.versions() == before  # the staging folder is not a version
     assert list((registry.root / "versions").glob(".staging-*"))
-    version = registry.register(stage.run, "hgb")
+    version = registry.register(stage.run, "hgb", duplicate="keep")
     assert version == before[-1] + 1 and not list((registry.root / "versions").glob(".staging-*"))
     registry.verify(version)
 
@@ -166,7 +167,7 @@ def test_a_crash_mid_registration_leaves_no_half_version(validated, registry):
 def test_concurrent_registrations_get_distinct_versions(validated, registry):
     _, stage = validated
     script = ("import sys; from mllifecycle.registry import Registry; from mllifecycle.core import Run\n"
-              "print([Registry(sys.argv[1]).register(Run(sys.argv[2]), 'hgb') for _ in range(3)])")
+              "print([Registry(sys.argv[1]).register(Run(sys.argv[2]), 'hgb', duplicate='keep') for _ in range(3)])")
     workers = run_together([[sys.executable, "-c", script, registry.root, stage.run.path]] * 2)
     assert [w.returncode for w in workers] == [0, 0], [w.stderr for w in workers]
     numbers = [n for w in workers for n in json.loads(w.stdout)]
@@ -191,7 +192,7 @@ def test_promote_unknown_version_or_mismatched_schema(validated, registry):
 
 def test_rollback_walks_back_through_champions(validated, registry):
     _, stage = validated
-    v2, v3 = registry.register(stage.run, "hgb"), registry.register(stage.run, "linear")
+    v2, v3 = registry.register(stage.run, "hgb", duplicate="keep"), registry.register(stage.run, "linear", duplicate="keep")
     registry.promote(v2)
     registry.promote(v3)
     assert [registry.rollback()["version"] for _ in range(2)] == [v2, 1]
@@ -255,7 +256,7 @@ def cli(*args, cwd):
 
 def test_registry_command_line(validated, registry, tmp_path):
     _, stage = validated
-    version = registry.register(stage.run, "hgb")
+    version = registry.register(stage.run, "hgb", duplicate="keep")
     where = ["--registry", str(registry.root)]
     listed = cli("registry", "list", *where, cwd=tmp_path)
     assert listed.returncode == 0 and "champion" in listed.stdout and "hgb" in listed.stdout
