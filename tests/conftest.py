@@ -17,19 +17,6 @@ LIFECYCLE = ("core", "data", "train", "registry", "validate", "batch", "serve", 
              "report", "pipeline", "cli")  # the modules (and chapters) in lifecycle order: each imports only earlier ones
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist runs on one worker (--dist loadgroup)")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist with `--dist loadgroup`: a file's tests run on one worker (its module fixtures, such as a
-    server, are built once), and so does every test of the default run, whichever file it is in (a full run of the
-    five stages, built once per session)."""
-    for item in items:
-        group = "default_run" if "default_run" in item.fixturenames else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture
 def synthetic_csv(tmp_path):
     "A 3,000-row synthetic CSV with a timestamp, numerics, categoricals and a binary target `y`."
