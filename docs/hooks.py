@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +82,7 @@ def math_threads_env(workers: int) -> dict[str, str]:
 
 
 RUNNING: set = set()  # the notebook processes of this build, stopped with it (`stop_notebooks`)
-STOPPING = __import__("threading").Event()  # set by `stop_notebooks`: no new notebook process starts
+STOPPING = threading.Event()  # set by `stop_notebooks`: no new notebook process starts
 
 
 def execute_in_process(job: tuple[str, str], workers: int = 1) -> str | None:
@@ -135,7 +136,6 @@ def executed_notebooks(notebooks: list[Path], workers: int) -> dict[Path, Path]:
     todo = [(str(nb), str(out)) for nb, out in executed.items() if not out.exists()]
     if todo:
         import signal
-        import threading
 
         print(f"docs: executing {len(todo)} notebook(s) on {workers} worker(s)", file=sys.stderr)
         in_main = threading.current_thread() is threading.main_thread()
