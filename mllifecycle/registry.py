@@ -551,6 +551,21 @@ class RegistryReader:
             rows.append(version_row(version, manifest, aliases))
         return pd.DataFrame(rows, columns=list(version_row(0, {}, {})))
 
+    def holding(self, content: str) -> int | None:
+        "The first version whose model content (`model_content`) is `content`, or None."
+        for version in self.versions():
+            package = self._versions_dir / str(version)
+            try:
+                manifest = read_json(package / "manifest.json")
+                found = manifest.get("content_sha256") or model_content(  # a version from before the digest
+                    {str(p.relative_to(package)): p for p in package.rglob("*") if p.is_file()},
+                    manifest.get("threshold"))
+            except (ArtifactError, OSError):
+                continue  # an unreadable version holds nothing we can match
+            if found == content:
+                return version
+        return None
+
 # %% ../nbs/03_registry.ipynb #36fa7020
 class Registry(RegistryReader):
     "Immutable, checksummed model versions and the aliases that point at them, in a folder shared between runs."
@@ -584,21 +599,6 @@ class Registry(RegistryReader):
                 run, name, sources.config, model_file=sources.model_file, version=version, threshold=threshold,
                 notes={**(notes or {}), "content_sha256": content, **kept}))
         return version
-
-    def holding(self, content: str) -> int | None:
-        "The first version whose model content (`model_content`) is `content`, or None."
-        for version in self.versions():
-            package = self._versions_dir / str(version)
-            try:
-                manifest = read_json(package / "manifest.json")
-                found = manifest.get("content_sha256") or model_content(  # a version from before the digest
-                    {str(p.relative_to(package)): p for p in package.rglob("*") if p.is_file()},
-                    manifest.get("threshold"))
-            except (ArtifactError, OSError):
-                continue  # an unreadable version holds nothing we can match
-            if found == content:
-                return version
-        return None
 
     def mismatch(self, ref: int | str,  # a version
                  other: int | str = "champion",  # the version it would replace (default: the champion)
