@@ -31,18 +31,19 @@ from mllifecycle.train import (
 
 # %% auto #0
 __all__ = ['ECE_BINS', 'THRESHOLD_RULES', 'N_BOOTSTRAP', 'CONFIDENCE', 'CV_METHODS', 'CANDIDATES', 'CANDIDATE_EPOCHS',
-           'LATENCY_BATCH_ROWS', 'PROMOTE_MODES', 'ValidationError', 'classification_metrics', 'regression_metrics',
-           'evaluate', 'trivial_scores', 'f1_curve', 'choose_threshold', 'slice_metrics', 'per_row_metric',
-           'paired_bootstrap', 'point_metric', 'mcnemar', 'compare_models', 'cv_splits', 'Candidate', 'make_estimator',
-           'fit_candidate', 'OutOfFold', 'fold_scores', 'cv_summary', 'cross_validate', 'SelectionPolicy',
-           'generalisation_gap', 'broken_limits', 'rank_candidates', 'loss_reason', 'win_reason', 'select_model',
-           'no_eligible_message', 'plot_roc', 'plot_precision_recall', 'reliability', 'plot_reliability',
-           'plot_threshold', 'plot_confusion', 'plot_residuals', 'plot_slices', 'plot_comparison', 'one_math_thread',
-           'cpu_seconds', 'measure_latency', 'ValidateParams', 'ValidateStageResult', 'ValidationInputs',
-           'validation_inputs', 'train_baselines', 'ScoredCandidates', 'score_candidates', 'stage_cross_validation',
-           'ChoosingRows', 'choosing_rows', 'primary_value', 'comparison_table', 'add_cv_columns', 'reported_figure',
-           'selection_record', 'winner_slices', 'metrics_record', 'check_package', 'champion_value', 'decide_promotion',
-           'register_winner', 'stage_figures', 'validate_stage']
+           'LATENCY_BATCH_ROWS', 'PROMOTE_MODES', 'SCORED_TEST_ROWS', 'ValidationError', 'classification_metrics',
+           'regression_metrics', 'evaluate', 'trivial_scores', 'f1_curve', 'choose_threshold', 'slice_metrics',
+           'per_row_metric', 'paired_bootstrap', 'point_metric', 'mcnemar', 'compare_models', 'cv_splits', 'Candidate',
+           'make_estimator', 'fit_candidate', 'OutOfFold', 'fold_scores', 'cv_summary', 'cross_validate',
+           'SelectionPolicy', 'generalisation_gap', 'broken_limits', 'rank_candidates', 'loss_reason', 'win_reason',
+           'select_model', 'no_eligible_message', 'plot_roc', 'plot_precision_recall', 'reliability',
+           'plot_reliability', 'plot_threshold', 'plot_confusion', 'plot_residuals', 'plot_slices', 'plot_comparison',
+           'one_math_thread', 'cpu_seconds', 'measure_latency', 'ValidateParams', 'ValidateStageResult',
+           'ValidationInputs', 'validation_inputs', 'train_baselines', 'ScoredCandidates', 'score_candidates',
+           'stage_cross_validation', 'ChoosingRows', 'choosing_rows', 'primary_value', 'comparison_table',
+           'add_cv_columns', 'reported_figure', 'scored_test_rows', 'selection_record', 'winner_slices',
+           'metrics_record', 'check_package', 'champion_value', 'decide_promotion', 'register_winner', 'stage_figures',
+           'validate_stage']
 
 # %% ../nbs/03_validate.ipynb #e1e84791
 class ValidationError(MLLifecycleError):
@@ -1094,6 +1095,25 @@ def reported_figure(metric: str,  # the primary metric
             "ci_low": float(low), "ci_high": float(high), "confidence": confidence, "rows": len(target),
             "trivial": primary_value(metric, kind, target, trivial)}
 
+# %% ../nbs/03_validate.ipynb #79c7ed4c
+SCORED_TEST_ROWS = "validation/test_rows.parquet"  # the encoded test target and each candidate's per-row values
+
+
+def scored_test_rows(metric: str,  # the primary metric
+                     kind: str,  # "binary", "multiclass" or "regression"
+                     target: np.ndarray,  # the encoded test target
+                     scores: dict[str, np.ndarray],  # candidate → its test scores
+                     thresholds: dict[str, float] | None = None,  # binary candidates' decision thresholds
+                    ) -> pd.DataFrame:  # columns: target, then one per candidate
+    "Each candidate's `per_row_metric` values on the test rows, beside the encoded target."
+    if "target" in scores:
+        raise ValidationError("a candidate cannot be named 'target': that column holds the test target")
+    thresholds = thresholds or {}
+    columns = {"target": np.asarray(target, dtype="float64")}
+    for name, values in scores.items():
+        columns[name] = per_row_metric(metric, kind, target, values, thresholds.get(name, 0.5))
+    return pd.DataFrame(columns)
+
 # %% ../nbs/03_validate.ipynb #bd84d75a
 def selection_record(selection: dict, choosing: ChoosingRows, inputs: ValidationInputs, scored: ScoredCandidates,
                      params: ValidateParams) -> dict:
@@ -1277,6 +1297,9 @@ def validate_stage(params: ValidateParams | None = None) -> ValidateStageResult:
         run.remove_artifact("validation/cv.json")
     run.write_artifact("validation/comparison.csv", lambda p: comparison.to_csv(p, index=False))
     run.write_json("validation/selection.json", selection)
+    run.write_artifact(SCORED_TEST_ROWS, scored_test_rows(
+        inputs.metric, inputs.kind, inputs.targets["test"], {n: s["test"] for n, s in scored.scores.items()},
+        scored.thresholds).to_parquet)
     for name, figure in stage_figures(scored, inputs, selection, comparison=comparison, slices=slices,
                                       choosing_split=choosing.split).items():
         save_figure(run, f"validation/plots/{name}.png", figure)
