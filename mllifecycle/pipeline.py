@@ -10,19 +10,21 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .core import MLLifecycleError, ParamError, new_run_id, package_dir, write_json
+from .core import MLLifecycleError, ParamError, new_run_id, package_dir, parameter_defaults, write_json
 
 # %% auto #0
-__all__ = ['STAGE_PARAMS', 'PARAMS_FILE_HEADER', 'PipelineError', 'Stage', 'notebooks_dir', 'find_stages', 'is_exported',
-           'job_notebook', 'parse_value', 'load_params_file', 'stage_params_class', 'check_stage_params',
-           'default_registry', 'resolve_params', 'params_yaml', 'run_stage', 'select_stages', 'earlier_record',
-           'RunPlan', 'plan_run', 'execute_stages', 'run_pipeline']
+__all__ = ['STAGE_PARAMS', 'PARAMS_FILE_HEADER', 'RUN_STATES', 'PipelineError', 'Stage', 'notebooks_dir', 'find_stages',
+           'is_exported', 'job_notebook', 'parse_value', 'load_params_file', 'stage_params_class', 'RunParams',
+           'check_stage_params', 'default_registry', 'resolve_params', 'params_yaml', 'run_stage', 'select_stages',
+           'earlier_record', 'RunPlan', 'plan_run', 'record_state', 'execute_stages', 'run_pipeline']
 
 # %% ../nbs/07_pipeline.ipynb #50b3352d
 class PipelineError(MLLifecycleError):
@@ -144,6 +146,17 @@ def stage_params_class(name: str) -> type | None:
     module, cls = STAGE_PARAMS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
+# %% ../nbs/07_pipeline.ipynb #297c179c
+@dataclass
+class RunParams:
+    "Parameters of the run itself, which no stage notebook takes."
+    tracking_uri: str | None = None  # MLflow tracking URI to log the run to (None: $MLFLOW_TRACKING_URI if set, else no tracking)
+
+    def __post_init__(self):
+        if self.tracking_uri is not None and (not isinstance(self.tracking_uri, str) or not self.tracking_uri.strip()):
+            raise ParamError(f"tracking_uri must be a URI such as sqlite:///mlflow.db or http://host:5000, "
+                             f"not {self.tracking_uri!r}")
+
 # %% ../nbs/07_pipeline.ipynb #61d663b4
 def check_stage_params(stage: Stage, params: dict[str, Any]):
     "Build the stage's parameters class from `params`, so a bad value fails now with the class's own error."
@@ -168,7 +181,7 @@ def resolve_params(params: dict[str, Any],  # the user's parameters
                   ) -> dict[str, Any]:  # the parameters to run with
     "Check the user's parameters against the stages that will run and fill in the run-wide defaults."
     params = dict(params)
-    declared = set().union(*(s.parameters for s in stages))
+    declared = set().union(*(s.parameters for s in stages), parameter_defaults(RunParams))
     unknown = sorted(set(params) - declared)
     if unknown:
         raise ParamError(f"unknown parameter(s) {unknown}; the stages take: {', '.join(sorted(declared - {'run_dir'}))}")
@@ -181,6 +194,7 @@ def resolve_params(params: dict[str, Any],  # the user's parameters
             params[key] = str(Path(params[key]).expanduser().resolve())
     for stage in stages:
         check_stage_params(stage, params)
+    RunParams(**{k: v for k, v in params.items() if k in parameter_defaults(RunParams)})
     if params.get("device") is not None:  # the stages run here: a device this machine lacks is refused now
         from mllifecycle.core import choose_device
 
@@ -202,31 +216,30 @@ def params_yaml(stages: Sequence[Stage] | None = None,  # default: `find_stages(
     from mllifecycle.core import parameter_defaults, parameter_help, to_jsonable
 
     stages = find_stages() if stages is None else stages
-    classes = {s.name: stage_params_class(s.name) for s in stages}
+    sections = [(s.name, s.notebook.name, stage_params_class(s.name)) for s in stages]
+    sections = [s for s in sections if s[2] is not None] + [("run", "the run itself", RunParams)]
+    classes = {name: cls for name, _, cls in sections}
     defaults = {name: {k: to_jsonable(v) for k, v in parameter_defaults(cls).items() if k != "run_dir"}
-                for name, cls in classes.items() if cls is not None}
+                for name, cls in classes.items()}
     by_name: dict[str, dict[str, Any]] = {}
     for stage, values in defaults.items():
         for key, value in values.items():
             by_name.setdefault(key, {})[stage] = value
     lines, written = [PARAMS_FILE_HEADER.rstrip("\n")], {}
-    for stage in stages:
-        cls = classes[stage.name]
-        if cls is None:
-            continue
-        lines += ["", f"# ── {stage.name} ({stage.notebook.name}, {cls.__name__}) " + "─" * 40]
+    for name, where, cls in sections:
+        lines += ["", f"# ── {name} ({where}, {cls.__name__}) " + "─" * 40]
         helps = parameter_help(cls)
-        for key, value in defaults[stage.name].items():
+        for key, value in defaults[name].items():
             text = f"{key}: {json.dumps(value, ensure_ascii=False)}"
             if key in written:
                 lines.append(f"# {key}: see {written[key]} above")
             elif len(set(map(json.dumps, by_name[key].values()))) > 1:
                 others = ", ".join(f"{s} {json.dumps(v)}" for s, v in by_name[key].items())
                 lines.append(f"# {text}  # {helps[key]} (default by stage: {others})")
-                written[key] = stage.name
+                written[key] = name
             else:
                 lines.append(f"{text}  # {helps[key]}")
-                written[key] = stage.name
+                written[key] = name
     return "\n".join(lines) + "\n"
 
 # %% ../nbs/07_pipeline.ipynb #cfcb4d47
@@ -351,6 +364,23 @@ def plan_run(params: dict[str, Any] | None = None,  # the user's parameters
     record["params"] = {**record.get("params", {}), **resolved}
     return RunPlan(found, selected, run_path, record, resolved)
 
+# %% ../nbs/07_pipeline.ipynb #72ec7f01
+RUN_STATES = ("running", "complete", "failed", "interrupted")  # a run's state in its pipeline record
+
+
+def record_state(plan: RunPlan, state: str):
+    "Write the run's state into its pipeline record: running (with the plan, host and process), or how it ended."
+    if state not in RUN_STATES:
+        raise PipelineError(f"unknown run state {state!r}; expected one of {RUN_STATES}")
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if state == "running":
+        plan.record.update(state=state, planned=[s.name for s in plan.selected], host=socket.gethostname(),
+                           pid=os.getpid(), invoked=now, finished=None)
+    else:
+        plan.record.update(state=state, finished=now)
+    (plan.run_path / "report").mkdir(parents=True, exist_ok=True)
+    write_json(plan.run_path / "report" / "pipeline.json", plan.record)
+
 # %% ../nbs/07_pipeline.ipynb #3b620aaa
 def execute_stages(plan: RunPlan,
                    *,
@@ -360,7 +390,7 @@ def execute_stages(plan: RunPlan,
                    cell_progress: bool = False,  # a progress bar over each notebook's cells, on stderr
                   ) -> dict[str, Any] | None:  # the failed stage's entry; None when every stage succeeded
     "Run the plan's stages in order, recording each; stop at the first that fails."
-    (plan.run_path / "report").mkdir(parents=True, exist_ok=True)
+    record_state(plan, "running")
     for i, stage in enumerate(plan.selected, 1):
         echo(f"[{i}/{len(plan.selected)}] {stage.name}: running {stage.notebook.name}")
         entry = run_stage(stage, plan.params, plan.run_path, kernel=kernel, log_output=log_output,
@@ -369,7 +399,9 @@ def execute_stages(plan: RunPlan,
         write_json(plan.run_path / "report" / "pipeline.json", plan.record)
         echo(f"[{i}/{len(plan.selected)}] {stage.name}: {entry['status']} in {entry['seconds']:.1f} s")
         if entry["status"] == "failed":
+            record_state(plan, "failed")
             return entry
+    record_state(plan, "complete")
     return None
 
 # %% ../nbs/07_pipeline.ipynb #c856db2d
@@ -384,17 +416,20 @@ def run_pipeline(params: dict[str, Any] | None = None,  # stage parameters, e.g.
                  start_from: str | None = None,  # re-run this stage and every later one on an existing `run_dir`
                  echo: Callable[[str], None] | None = None,  # called with a line as each stage starts and ends
                  cell_progress: bool = False,  # a progress bar over each notebook's cells, on stderr
+                 warn: Callable[[str], None] | None = None,  # called with a warning (tracking failed); default: warnings.warn
                 ) -> Path:  # the run directory
-    "Execute the stage notebooks in order into one run directory, then build its report."
+    "Execute the stage notebooks in order into one run directory, build its report, and track it when asked."
     from mllifecycle.report import build_report
+    from mllifecycle.tracking import TrackingError, TrackingWarning, log_run, tracking_uri
 
     plan = plan_run(params, run_dir=run_dir, runs_root=runs_root, stages=stages, nbs=nbs, start_from=start_from)
     order = [s.name for s in plan.found]
     try:
         failed = execute_stages(plan, kernel=kernel, log_output=log_output, echo=echo or (lambda line: None),
                                 cell_progress=cell_progress)
-    except BaseException:  # interrupted: the report of what ran, then the interruption
+    except BaseException:  # interrupted: the record says so, the report shows what ran, then the interruption
         with contextlib.suppress(Exception):
+            record_state(plan, "interrupted")
             build_report(plan.run_path, order=order)
         raise
     try:
@@ -403,6 +438,13 @@ def run_pipeline(params: dict[str, Any] | None = None,  # stage parameters, e.g.
         if failed is None:
             raise PipelineError(f"the stages ran, but the report could not be built: {type(e).__name__}: {e}") from e
         report = f"not built ({type(e).__name__}: {e})"
+    uri = tracking_uri(plan.params.get("tracking_uri"))
+    if uri is not None:
+        try:
+            log_run(plan.run_path, uri)
+        except TrackingError as e:
+            message = f"{e}; the run was not tracked (its run directory holds everything)"
+            (warn or (lambda line: warnings.warn(line, TrackingWarning, stacklevel=2)))(message)
     if failed is not None:
         raise PipelineError(f"stage '{failed['stage']}' failed: {failed['error']} "
                             f"(executed notebook: {plan.run_path / failed['notebook']}; report: {report})")
