@@ -17,13 +17,13 @@ from typing import Any, Callable, Sequence
 
 from .core import MLLifecycleError, ParamError, new_run_id, parameter_defaults, parameter_help, to_jsonable
 from .pipeline import (
-    default_registry, find_stages, load_params_file, parse_value, run_pipeline, stage_params_class)
+    RunParams, default_registry, find_stages, load_params_file, parse_value, run_pipeline, stage_params_class)
 
 # %% auto #0
 __all__ = ['COMMANDS', 'GROUPS', 'DEBUG_ENV', 'Command', 'command', 'given_params', 'run_command', 'report_command',
-           'params_command', 'train_command', 'open_registry', 'registry_list_command', 'registry_promote_command',
-           'registry_rollback_command', 'dataclass_options', 'given_config', 'serve_command', 'predict_command',
-           'monitor_command', 'build_parser', 'Terminated', 'main']
+           'runs_command', 'compare_command', 'params_command', 'train_command', 'open_registry',
+           'registry_list_command', 'registry_promote_command', 'registry_rollback_command', 'dataclass_options',
+           'given_config', 'serve_command', 'predict_command', 'monitor_command', 'build_parser', 'Terminated', 'main']
 
 # %% ../nbs/08_cli.ipynb #bbda218e
 @dataclass
@@ -77,6 +77,10 @@ def _echo(line: str):
     print(line, flush=True)
 
 
+def _warn(line: str):
+    print(f"mllifecycle: warning: {line}", file=sys.stderr, flush=True)
+
+
 @command("run", "run the stage notebooks into a run directory and build its report", _run_options)
 def run_command(args: argparse.Namespace) -> int:
     "Execute the stages with papermill, print each stage's progress and the run's headline; the run directory last."
@@ -85,7 +89,7 @@ def run_command(args: argparse.Namespace) -> int:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     run_path = run_pipeline(given_params(args), run_dir=args.run_dir, runs_root=args.runs_root, stages=stages,
                             nbs=args.nbs, kernel=args.kernel, log_output=args.log_output, start_from=args.start_from,
-                            echo=_echo, cell_progress=sys.stderr.isatty() and not args.log_output)
+                            echo=_echo, cell_progress=sys.stderr.isatty() and not args.log_output, warn=_warn)
     for line in run_summary(run_path):
         print(line)
     print(run_path)
@@ -107,6 +111,53 @@ def report_command(args: argparse.Namespace) -> int:
     except MLLifecycleError:  # no notebooks here: the order the stages ran in
         order = None
     print(build_report(args.run_dir, order=order))
+    return 0
+
+# %% ../nbs/08_cli.ipynb #9a9f45d3
+def _runs_options(parser: argparse.ArgumentParser):
+    parser.add_argument("root", metavar="DIR", nargs="?", default="runs", help="the folder of runs (default: runs)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@command("runs", "one line per run under DIR (default runs/), newest first", _runs_options)
+def runs_command(args: argparse.Namespace) -> int:
+    "Print the runs index as a table (or JSON)."
+    from mllifecycle.runs import list_runs, runs_text
+
+    rows = list_runs(args.root)
+    if args.json:
+        print(json.dumps(to_jsonable(rows), indent=2))
+    elif rows:
+        print(runs_text(rows))
+    else:
+        print(f"no runs in {args.root}")
+    return 0
+
+
+def _compare_options(parser: argparse.ArgumentParser):
+    parser.add_argument("runs", metavar="RUN", nargs="+", help="two or more run directories; the first is the baseline")
+    parser.add_argument("--html", metavar="FILE",
+                        help="where to write the page (default: compare-<ids>.html beside the first run)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text (the page is still written)")
+    parser.add_argument("--n-bootstrap", type=int, default=1000, help="resamples of a paired difference (default 1000)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="of every interval (default 0.95)")
+
+
+@command("compare", "what differs between runs, with an interval on each test-metric difference", _compare_options)
+def compare_command(args: argparse.Namespace) -> int:
+    "Print the comparison of runs and write it as an offline HTML page; the page's path last."
+    from mllifecycle.runs import compare_runs, compare_text, write_comparison
+
+    if not 0 < args.confidence < 1:
+        raise ParamError(f"--confidence must be between 0 and 1, not {args.confidence}")
+    if args.n_bootstrap < 100:
+        raise ParamError(f"--n-bootstrap must be at least 100, not {args.n_bootstrap}")
+    comparison = compare_runs(args.runs, n_bootstrap=args.n_bootstrap, confidence=args.confidence)
+    first = Path(comparison["runs"][0]["path"])
+    out = args.html or first.parent / ("compare-" + "-".join(r["id"] for r in comparison["runs"])[:150] + ".html")
+    page = write_comparison(comparison, out)
+    print(json.dumps(to_jsonable(comparison), indent=2) if args.json else compare_text(comparison))
+    print(page)
     return 0
 
 # %% ../nbs/08_cli.ipynb #7038afb5
@@ -138,6 +189,9 @@ def params_command(args: argparse.Namespace) -> int:
         print(f"[{stage.name}]  {stage.notebook.name}")
         for name, (value, help_text) in listed.items():
             print(f"  {name} = {value}" + (f"  # {help_text}" if help_text else ""))
+    print("[run]  the run itself (RunParams)")
+    for name, value in parameter_defaults(RunParams).items():
+        print(f"  {name} = {value!r}  # {parameter_help(RunParams)[name]}")
     return 0
 
 # %% ../nbs/08_cli.ipynb #35b0d6ed
