@@ -14,7 +14,7 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 LIFECYCLE = ("core", "data", "train", "registry", "validate", "batch", "serve", "deploy", "drift", "retrain", "monitor",
-             "report", "pipeline", "cli")  # the modules (and chapters) in lifecycle order: each imports only earlier ones
+             "report", "tracking", "pipeline", "runs", "cli")  # the modules (and chapters) in lifecycle order: each imports only earlier ones
 
 
 @pytest.fixture
