@@ -101,7 +101,8 @@ def run_row(run_path: str | Path) -> dict[str, Any]:
     state = run_state(record)
     env = read_artifact(run_path, "env.json") or {}
     dataset = read_artifact(run_path, "data/dataset.json") or {}
-    reported = (read_artifact(run_path, "validation/selection.json") or {}).get("reported") or {}
+    selection = read_artifact(run_path, "validation/selection.json") or {}
+    reported = selection.get("reported") or {}
     registered = read_artifact(run_path, "validation/registry.json") or {}
     performance = read_artifact(run_path, "monitoring/performance.json") or {}
     alerts = (read_artifact(run_path, "monitoring/alerts.json") or {}).get("alerts")
@@ -111,7 +112,7 @@ def run_row(run_path: str | Path) -> dict[str, Any]:
             "state": state, "stages": stage_statuses(record, state),
             "source": dataset.get("source"), "sha256": dataset.get("sha256"), "target": dataset.get("target"),
             "task": dataset.get("task"), "rows": dataset.get("rows"),
-            "winner": (read_artifact(run_path, "validation/selection.json") or {}).get("winner"),
+            "winner": selection.get("winner"),
             "metric": reported.get("metric"), "value": reported.get("value"), "ci_low": reported.get("ci_low"),
             "ci_high": reported.get("ci_high"), "version": registered.get("version"), "alias": registered.get("alias"),
             "monitoring": (performance.get("headline") or {}).get("verdict"),
