@@ -6,24 +6,31 @@
 from __future__ import annotations
 
 import os
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from .core import ArtifactError, MLLifecycleError, check_integer, check_number
+from .core import ArtifactError, MLLifecycleError, check_bool, check_choice, check_integer, check_number
 
 # %% auto #0
-__all__ = ['MISSING', 'UNSEEN', 'PROFILE_FORMAT', 'PSI_FLOOR', 'KS_EXACT_MAX', 'DriftError', 'DriftThresholds',
-           'ReferenceProfile', 'reference_profile', 'save_profile', 'load_profile', 'psi', 'numeric_statistics',
-           'category_counts', 'categorical_statistics', 'window_drift', 'dataset_drift']
+__all__ = ['DRIFT_RULES', 'MISSING', 'UNSEEN', 'PROFILE_FORMAT', 'PSI_FLOOR', 'KS_EXACT_MAX', 'CALIBRATION_CELLS', 'TAIL_DRAWS',
+           'MIN_EXPECTED', 'DriftError', 'DriftThresholds', 'ReferenceProfile', 'reference_profile', 'save_profile',
+           'load_profile', 'psi', 'numeric_statistics', 'category_counts', 'categorical_statistics',
+           'calibration_cells', 'category_cells', 'ks_over_cells', 'chi2_over_cells', 'no_drift_statistics',
+           'calibrated_p_value', 'large_counts', 'calibrated_test', 'evidently_verdicts', 'calibrated_verdicts',
+           'decide', 'window_drift', 'dataset_drift']
 
 # %% ../nbs/05_drift.ipynb #a7529be1
 class DriftError(MLLifecycleError):
     "Drift cannot be measured: no reference, an empty window, or columns the reference does not know."
 
 # %% ../nbs/05_drift.ipynb #dce51bd2
+DRIFT_RULES = ("calibrated", "evidently")  # how a column's statistics become a verdict
+
+
 @dataclass
 class DriftThresholds:
     "When a column, and a whole window, counts as drifted."
@@ -35,8 +42,16 @@ class DriftThresholds:
     drift_share: float = 0.5  # the window drifts when at least this share of its columns drift
     min_unique: int = 5  # numeric columns with at most this many distinct reference values count as categorical
     psi_bins: int = 10  # PSI bins for numeric columns: the reference's quantiles
+    rule: str = "calibrated"  # "calibrated": each column against its no-drift distribution at the window's size; "evidently": fixed cut-offs
+    calibration_draws: int = 999  # calibrated rule: no-drift (permutation) draws per column and window
+    calibration_seed: int = 0  # seeds those draws (the same seed, the same verdicts on any machine)
+    seasonal_in_share: bool = False  # count columns that move with time by design towards the dataset-drift share
 
     def __post_init__(self):
+        self.rule = check_choice("rule", self.rule, DRIFT_RULES)
+        self.calibration_draws = check_integer("calibration_draws", self.calibration_draws, low=99)
+        self.calibration_seed = check_integer("calibration_seed", self.calibration_seed, low=0)
+        self.seasonal_in_share = check_bool("seasonal_in_share", self.seasonal_in_share)
         self.small_reference = check_integer("small_reference", self.small_reference, low=0)
         self.min_unique = check_integer("min_unique", self.min_unique, low=0)
         self.psi_bins = check_integer("psi_bins", self.psi_bins, low=2)
@@ -65,6 +80,7 @@ class ReferenceProfile:
     sorted_values: dict[str, np.ndarray]  # numeric columns: the reference's sorted non-missing values
     rows: int  # reference rows
     source: dict = field(default_factory=dict)  # what the reference is: data, model version, schema fingerprint
+    calibration: dict = field(default_factory=dict, repr=False, compare=False)  # the calibrated tests' cells, per column
 
     def kind(self, name: str) -> str:
         return self.columns[name]["kind"]
@@ -226,8 +242,155 @@ def categorical_statistics(reference_counts: np.ndarray,  # per category (and th
     return {"rows": int(m), "chi2": statistic, "chi2_p": p, "jensen_shannon": float(np.sqrt(max(divergence, 0.0))),
             "psi": psi(ref, cur)}
 
+# %% ../nbs/05_drift.ipynb #b136bcb1
+CALIBRATION_CELLS = 2000  # the calibrated tests count a column over at most this many cells
+TAIL_DRAWS = 10  # fewer no-drift draws than this at or above the observed statistic: the fitted tail decides
+
+
+def calibration_cells(profile: ReferenceProfile, name: str, cells: int = CALIBRATION_CELLS) -> dict:
+    "A numeric column's cells for the calibrated test (its distinct values or quantiles), the reference's counts in them, and whether KS's own p-value applies."
+    values = profile.sorted_values[name]
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])  # where each distinct value begins
+    largest_atom = int(np.max(np.diff(np.r_[starts, len(values)]))) if len(values) else 0
+    if len(starts) <= cells:
+        grid = values[starts][:-1]  # every distinct value but the last, where both CDFs are 1
+    else:
+        grid = np.unique(np.quantile(values, np.linspace(0, 1, cells + 1)[1:-1]))
+    counts = np.diff(np.searchsorted(values, grid, "right"), prepend=0, append=len(values))
+    continuous = largest_atom == 1 or largest_atom * cells <= len(values)  # no value is common: no ties to speak of
+    return {"grid": grid, "counts": counts, "continuous": continuous}
+
+
+def category_cells(profile: ReferenceProfile, name: str, values: pd.Series,  # the window's values
+                   cells: int = CALIBRATION_CELLS) -> tuple[np.ndarray, np.ndarray]:  # reference and window counts
+    "A categorical column's reference and window counts over the pooled data's commonest categories, the rest in one cell."
+    column = profile.columns[name]
+    found = pd.Series(values).value_counts(dropna=False)  # counted first: only distinct values become text
+    found = found.groupby(_as_text(found.index.to_series()).to_numpy()).sum()
+    names = pd.Index(column["categories"]).union(found.index, sort=False)
+    reference = pd.Series(column["counts"], index=column["categories"], dtype="int64").reindex(names, fill_value=0)
+    window = found.reindex(names, fill_value=0).astype("int64")
+    pooled = (reference + window).to_numpy()
+    order = np.lexsort((np.asarray(names, dtype=str), -pooled))  # commonest first, ties by name: a function of the pool
+    kept, rest = order[:cells - 1], order[cells - 1:]
+    ref, cur = reference.to_numpy(), window.to_numpy()
+    return np.r_[ref[kept], ref[rest].sum()], np.r_[cur[kept], cur[rest].sum()]
+
+# %% ../nbs/05_drift.ipynb #587b8c62
+def ks_over_cells(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
+    "The largest gap between two CDFs counted over the same ordered cells (the last axis); one value per row."
+    n, m = reference.sum(-1, keepdims=True), current.sum(-1, keepdims=True)
+    return np.abs(np.cumsum(reference, -1) / n - np.cumsum(current, -1) / m).max(-1)
+
+
+def chi2_over_cells(reference: np.ndarray, current: np.ndarray) -> np.ndarray:
+    "The chi² statistic of homogeneity of two rows of counts over the same cells (the last axis); one value per row."
+    n, m = reference.sum(-1, keepdims=True), current.sum(-1, keepdims=True)
+    both = reference + current
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(both > 0, (reference * m - current * n) ** 2 / (n * m * both), 0.0)
+    return terms.sum(-1)
+
+# %% ../nbs/05_drift.ipynb #cc6fb0b8
+def no_drift_statistics(reference_counts: np.ndarray,  # the reference's counts over the column's cells
+                        current_counts: np.ndarray,  # the window's counts over the same cells
+                        kind: str,  # "numeric" (KS over cells) or "categorical" (chi² over cells)
+                        *,
+                        name: str,  # the column (seeds its draws)
+                        draws: int = 999,
+                        seed: int = 0,
+                        chunk: int = 250,  # draws made at once (bounds memory on columns with many cells)
+                       ) -> np.ndarray:  # the statistic of each draw, sorted
+    "The calibrated statistic when nothing drifted: the pooled rows dealt again into a reference and a window of the same sizes."
+    pooled = (np.asarray(reference_counts) + np.asarray(current_counts)).astype("int64")
+    rows = int(np.sum(current_counts))
+    rng = np.random.default_rng([seed, rows, zlib.crc32(name.encode())])
+    statistic = ks_over_cells if kind == "numeric" else chi2_over_cells
+    # numpy's two ways to deal: "count" costs about 3 ns per pooled row, "marginals" about 150 ns per cell
+    method = "count" if pooled.sum() < 50 * len(pooled) else "marginals"
+    found = []
+    for size in np.diff(np.r_[np.arange(0, draws, chunk), draws]):
+        window = rng.multivariate_hypergeometric(pooled, rows, size=int(size), method=method).astype("float64")
+        found.append(statistic(pooled - window, window))
+    return np.sort(np.concatenate(found))
+
+# %% ../nbs/05_drift.ipynb #ceb82c4e
+def calibrated_p_value(observed: float,  # the window's statistic
+                       null: np.ndarray,  # sorted no-drift statistics (`no_drift_statistics`)
+                       kind: str,  # "numeric" (KS over cells) or "categorical" (chi² over cells)
+                       reference_rows: int, rows: int,  # the two sample sizes (Smirnov's tail for KS)
+                      ) -> float:
+    "The share of no-drift draws at least as large as `observed`, with a fitted tail where few draws reach it."
+    from scipy.stats import chi2, distributions
+
+    if np.isnan(observed):
+        return float("nan")
+    reach = len(null) - np.searchsorted(null, observed - 1e-12 * max(1.0, abs(observed)), "left")
+    p = (1 + reach) / (len(null) + 1)
+    if reach >= TAIL_DRAWS:
+        return float(p)
+    if kind == "numeric":
+        effective = np.round(reference_rows * rows / (reference_rows + rows))
+        tail = float(distributions.kstwo.sf(observed, max(effective, 1)))
+    else:
+        mean, variance = float(np.mean(null)), float(np.var(null))
+        if mean <= 0 or variance <= 0:
+            return float(p)
+        tail = float(chi2.sf(observed * 2 * mean / variance, 2 * mean ** 2 / variance))
+    return float(min(p, tail))
+
+# %% ../nbs/05_drift.ipynb #d13cea6d
+MIN_EXPECTED = 5  # Cochran's rule: chi²'s asymptotic distribution holds when every expected count is at least this
+
+
+def large_counts(reference_counts: np.ndarray, current_counts: np.ndarray, least: float = MIN_EXPECTED) -> bool:
+    "Whether every used cell of the 2 × k table expects at least `least` rows on both sides (chi²'s own p-value holds)."
+    pooled = np.asarray(reference_counts, "float64") + np.asarray(current_counts, "float64")
+    pooled = pooled[pooled > 0]
+    smaller = min(np.sum(reference_counts), np.sum(current_counts))
+    return bool(len(pooled) and smaller * pooled.min() / pooled.sum() >= least)
+
+# %% ../nbs/05_drift.ipynb #8fad93b4
+def calibrated_test(profile: ReferenceProfile, name: str,
+                    values: pd.Series,  # the window's values of the column
+                    thresholds: DriftThresholds | None = None,
+                    ks: tuple[float, float] | None = None,  # a numeric column's KS statistic and p-value, when computed
+                   ) -> dict:  # calibrated_test, calibrated_statistic, calibrated_p
+    "The calibrated test of one column of one window: its name, its statistic and its p-value under no drift."
+    from scipy.stats import chi2
+
+    thresholds = thresholds or DriftThresholds()
+    if profile.kind(name) == "numeric":
+        cells = profile.calibration.get(name) or profile.calibration.setdefault(name, calibration_cells(profile, name))
+        numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        if cells["continuous"]:
+            if ks is None:
+                found = numeric_statistics(profile.sorted_values[name], numbers, [], [0])
+                ks = found["ks"], found["ks_p"]
+            return {"calibrated_test": "ks", "calibrated_statistic": ks[0], "calibrated_p": ks[1]}
+        current = np.sort(numbers[~np.isnan(numbers)])
+        reference = cells["counts"]
+        counts = np.diff(np.searchsorted(current, cells["grid"], "right"), prepend=0, append=len(current))
+        kind, test = "numeric", "ks_permutation"
+    else:
+        reference, counts = category_cells(profile, name, values)
+        kind, test = "categorical", "chi2_permutation"
+    rows = int(counts.sum())
+    if rows == 0:
+        return {"calibrated_test": test, "calibrated_statistic": np.nan, "calibrated_p": np.nan}
+    statistic = (ks_over_cells if kind == "numeric" else chi2_over_cells)(reference.astype("float64"),
+                                                                          counts.astype("float64"))
+    if kind == "categorical" and large_counts(reference, counts):
+        used = int(np.count_nonzero(reference + counts))
+        return {"calibrated_test": "chi2", "calibrated_statistic": float(statistic),
+                "calibrated_p": float(chi2.sf(statistic, used - 1)) if used > 1 else 1.0}
+    null = no_drift_statistics(reference, counts, kind, name=name, draws=thresholds.calibration_draws,
+                               seed=thresholds.calibration_seed)
+    return {"calibrated_test": test, "calibrated_statistic": float(statistic),
+            "calibrated_p": calibrated_p_value(float(statistic), null, kind, int(reference.sum()), rows)}
+
 # %% ../nbs/05_drift.ipynb #9f4481bb
-def _column_row(profile: ReferenceProfile, name: str, values: pd.Series) -> dict:
+def _column_row(profile: ReferenceProfile, name: str, values: pd.Series, thresholds: DriftThresholds) -> dict:
     column = profile.columns[name]
     if column["kind"] == "numeric":
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
@@ -235,36 +398,65 @@ def _column_row(profile: ReferenceProfile, name: str, values: pd.Series) -> dict
                                    column["std"])
         missing_share = found["missing"] / max(len(values), 1)
         return {"column": name, "kind": "numeric", **found, "missing_share": missing_share,
-                "reference_missing_share": column["missing"] / max(column["rows"], 1)}
+                "reference_missing_share": column["missing"] / max(column["rows"], 1),
+                **(calibrated_test(profile, name, numbers, thresholds, ks=(found["ks"], found["ks_p"]))
+                   if thresholds.rule == "calibrated" else {})}
     counts = category_counts(values, column["categories"])
     found = categorical_statistics(np.r_[column["counts"], 0], counts)
     return {"column": name, "kind": "categorical", **found, "unseen": int(counts[-1]),
             "missing_share": float(values.isna().mean()) if len(values) else np.nan,
-            "reference_missing_share": column["missing"] / max(column["rows"], 1)}
+            "reference_missing_share": column["missing"] / max(column["rows"], 1),
+            **(calibrated_test(profile, name, values, thresholds) if thresholds.rule == "calibrated" else {})}
 
 # %% ../nbs/05_drift.ipynb #68ae898d
-def _decide(table: pd.DataFrame, reference_rows: int, thresholds: DriftThresholds) -> pd.DataFrame:
-    "Add the deciding test, its statistic and threshold, the BH-adjusted p-value and the verdict per column."
+def evidently_verdicts(table: pd.DataFrame, reference_rows: int, thresholds: DriftThresholds) -> pd.DataFrame:
+    "Evidently's rule: p-value tests (KS, chi²; BH) for a small reference, fixed distance cut-offs for a larger one."
     from scipy.stats import false_discovery_control
 
-    small = reference_rows <= thresholds.small_reference
     numeric = table["kind"] == "numeric"
-    if small:
-        table["test"] = np.where(numeric, "ks", "chi2")
-        table["statistic"] = np.where(numeric, table.get("ks"), table.get("chi2"))
+    verdicts = pd.DataFrame(index=table.index)
+    if reference_rows <= thresholds.small_reference:
+        verdicts["test"] = np.where(numeric, "ks", "chi2")
+        verdicts["statistic"] = np.where(numeric, table.get("ks"), table.get("chi2"))
         raw = np.where(numeric, table.get("ks_p"), table.get("chi2_p")).astype("float64")
         adjusted = np.full(len(table), np.nan)
         usable = ~np.isnan(raw)
         if usable.any():
             adjusted[usable] = false_discovery_control(raw[usable], method="bh")
-        table["p_value"], table["p_adjusted"] = raw, adjusted
-        table["threshold"] = thresholds.p_value
-        table["drifted"] = table["p_adjusted"] < thresholds.p_value
+        verdicts["p_value"], verdicts["p_adjusted"] = raw, adjusted
+        verdicts["threshold"] = thresholds.p_value
+        verdicts["drifted"] = verdicts["p_adjusted"] < thresholds.p_value
     else:
-        table["test"] = np.where(numeric, "wasserstein", "jensen_shannon")
-        table["statistic"] = np.where(numeric, table.get("wasserstein_norm"), table.get("jensen_shannon"))
-        table["threshold"] = np.where(numeric, thresholds.wasserstein, thresholds.jensen_shannon)
-        table["drifted"] = table["statistic"].astype("float64") >= table["threshold"]
+        verdicts["test"] = np.where(numeric, "wasserstein", "jensen_shannon")
+        verdicts["statistic"] = np.where(numeric, table.get("wasserstein_norm"), table.get("jensen_shannon"))
+        verdicts["threshold"] = np.where(numeric, thresholds.wasserstein, thresholds.jensen_shannon)
+        verdicts["drifted"] = verdicts["statistic"].astype("float64") >= verdicts["threshold"]
+    return verdicts
+
+
+def calibrated_verdicts(table: pd.DataFrame, thresholds: DriftThresholds) -> pd.DataFrame:
+    "The calibrated rule: each column's calibrated p-value, Benjamini–Hochberg across the window's columns."
+    from scipy.stats import false_discovery_control
+
+    raw = table["calibrated_p"].to_numpy("float64")
+    adjusted = np.full(len(table), np.nan)
+    usable = ~np.isnan(raw)
+    if usable.any():
+        adjusted[usable] = false_discovery_control(raw[usable], method="bh")
+    return pd.DataFrame({"test": table["calibrated_test"], "statistic": table["calibrated_statistic"],
+                         "p_value": raw, "p_adjusted": adjusted, "threshold": thresholds.p_value,
+                         "drifted": adjusted < thresholds.p_value}, index=table.index)
+
+
+def decide(table: pd.DataFrame, reference_rows: int, thresholds: DriftThresholds) -> pd.DataFrame:
+    "Add the chosen rule's verdict (test, statistic, threshold, p-values, drifted), and Evidently's beside the calibrated one."
+    evidently = evidently_verdicts(table, reference_rows, thresholds)
+    chosen = calibrated_verdicts(table, thresholds) if thresholds.rule == "calibrated" else evidently
+    for name in ("test", "statistic", "p_value", "p_adjusted", "threshold", "drifted"):
+        table[name] = chosen[name] if name in chosen else np.nan
+    table["rule"] = thresholds.rule
+    if thresholds.rule == "calibrated":  # Evidently's verdict costs nothing more: the report shows both
+        table["drifted_evidently"] = evidently["drifted"]
     return table
 
 # %% ../nbs/05_drift.ipynb #b1bb2aac
@@ -288,16 +480,22 @@ def window_drift(profile: ReferenceProfile,  # the reference
     workers = workers or min(16, os.cpu_count() or 1)
     if workers > 1 and len(columns) > 1 and len(window) >= 50_000:
         with ThreadPoolExecutor(workers) as pool:
-            rows = list(pool.map(lambda name: _column_row(profile, name, window[name]), columns))
+            rows = list(pool.map(lambda name: _column_row(profile, name, window[name], thresholds), columns))
     else:
-        rows = [_column_row(profile, name, window[name]) for name in columns]
-    return _decide(pd.DataFrame(rows), profile.rows, thresholds)
+        rows = [_column_row(profile, name, window[name], thresholds) for name in columns]
+    return decide(pd.DataFrame(rows), profile.rows, thresholds)
 
 # %% ../nbs/05_drift.ipynb #17535fd6
-def dataset_drift(table: pd.DataFrame, thresholds: DriftThresholds | None = None) -> dict:
-    "Whether the window as a whole drifted: the share of drifted columns against `drift_share`."
+def dataset_drift(table: pd.DataFrame, thresholds: DriftThresholds | None = None,
+                  seasonal: list[str] | tuple = (),  # columns that move with time by design: reported apart
+                 ) -> dict:
+    "Whether the window as a whole drifted: the share of drifted columns against `drift_share`, seasonal columns apart."
     thresholds = thresholds or DriftThresholds()
-    share = float(table["drifted"].mean()) if len(table) else 0.0
-    return {"columns": int(len(table)), "drifted_columns": int(table["drifted"].sum()), "share": share,
+    apart = table["column"].isin(list(seasonal)) if len(table) else pd.Series(dtype=bool)
+    counted = table if thresholds.seasonal_in_share else table[~apart]
+    share = float(counted["drifted"].mean()) if len(counted) else 0.0
+    return {"columns": int(len(counted)), "drifted_columns": int(counted["drifted"].sum()), "share": share,
             "threshold": thresholds.drift_share, "drifted": bool(share >= thresholds.drift_share),
-            "names": table.loc[table["drifted"], "column"].tolist()}
+            "names": counted.loc[counted["drifted"], "column"].tolist(),
+            "seasonal": table.loc[apart & table["drifted"], "column"].tolist() if len(table) else [],
+            "rule": thresholds.rule}
