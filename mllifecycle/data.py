@@ -28,17 +28,19 @@ from .core import (
 __all__ = ['TASKS', 'FILE_READERS', 'SQL_URL', 'FLIGHTS_TARGET', 'FLIGHTS_TIME', 'FLIGHTS_IDS', 'FLIGHTS_CONSTRAINTS',
            'FLIGHTS_DERIVED', 'DRIFT_KINDS', 'MAX_CATEGORIES', 'NA_TOKENS', 'MISSING_STRATEGIES', 'SPLIT_METHODS',
            'MIN_SPLIT_ROWS', 'ID_NAME', 'LEAK_THRESHOLD', 'UNKNOWN', 'MISSING', 'DATETIME_PARTS', 'PIPELINE_FORMAT',
-           'SPLITS', 'SMALL_SAMPLE_ROWS', 'DataError', 'DataWarning', 'read_sql', 'load_table', 'duplicated_rows',
-           'deduplicate_keys', 'join_tables', 'flights_files', 'load_flights', 'drift_weight', 'make_synthetic',
-           'ColumnSchema', 'Schema', 'column_kind', 'infer_task', 'check_target', 'infer_schema', 'coerce_column',
-           'check_frame', 'profile', 'normalize_categories', 'CleanConfig', 'Actions', 'check_clean_settings',
-           'fix_types', 'fix_values', 'apply_column_strategies', 'rows_to_keep', 'drop_sparse_columns', 'clean_frame',
-           'plot_quality', 'rows_needed', 'check_fractions', 'time_split', 'random_split', 'group_split', 'split_frame',
-           'check_leakage', 'find_id_columns', 'find_leaks', 'check_expression', 'evaluate_expression', 'Features',
-           'numeric_block', 'fit_numeric', 'scale_numeric', 'fit_vocabulary', 'vocabulary_lookup', 'category_codes',
-           'encode_target', 'FeaturePipeline', 'pipeline_to_dict', 'pipeline_from_dict', 'DataParams', 'PreparedData',
-           'collect', 'screen_columns', 'dataset_record', 'describe_columns', 'usable_derived', 'leak_free_splits',
-           'split_report', 'write_prepared', 'prepare_data', 'load_prepared', 'DataStageResult', 'data_stage']
+           'SPLITS', 'CALENDAR_PARTS', 'SEASONAL_AGREEMENT', 'SMALL_SAMPLE_ROWS', 'DataError', 'DataWarning',
+           'read_sql', 'load_table', 'duplicated_rows', 'deduplicate_keys', 'join_tables', 'flights_files',
+           'load_flights', 'drift_weight', 'make_synthetic', 'ColumnSchema', 'Schema', 'column_kind', 'infer_task',
+           'check_target', 'infer_schema', 'coerce_column', 'check_frame', 'profile', 'normalize_categories',
+           'CleanConfig', 'Actions', 'check_clean_settings', 'fix_types', 'fix_values', 'apply_column_strategies',
+           'rows_to_keep', 'drop_sparse_columns', 'clean_frame', 'plot_quality', 'rows_needed', 'check_fractions',
+           'time_split', 'random_split', 'group_split', 'split_frame', 'check_leakage', 'find_id_columns', 'find_leaks',
+           'check_expression', 'evaluate_expression', 'Features', 'numeric_block', 'fit_numeric', 'scale_numeric',
+           'fit_vocabulary', 'vocabulary_lookup', 'category_codes', 'encode_target', 'FeaturePipeline',
+           'pipeline_to_dict', 'pipeline_from_dict', 'DataParams', 'PreparedData', 'collect', 'screen_columns',
+           'dataset_record', 'describe_columns', 'usable_derived', 'leak_free_splits', 'seasonal_columns',
+           'unseen_seasonal_values', 'split_report', 'write_prepared', 'prepare_data', 'load_prepared',
+           'DataStageResult', 'data_stage']
 
 # %% ../nbs/01_data.ipynb #4e02fd7d
 class DataError(MLLifecycleError, ValueError):
@@ -1502,6 +1504,46 @@ def leak_free_splits(cleaned: pd.DataFrame, schema: Schema, config: DataParams,
             raise DataError(f"every row of the {name} split also appears in training; the data is too repetitive")
     return splits, leaked
 
+# %% ../nbs/01_data.ipynb #b281550a
+CALENDAR_PARTS = ("year", "quarter", "month", "week", "day", "dayofweek", "dayofyear", "hour")
+SEASONAL_AGREEMENT = 0.95  # the share of rows on which a column must equal a calendar part to count as one
+
+
+def seasonal_columns(frame: pd.DataFrame, schema: Schema, *, sample: int = 20_000,
+                     agreement: float = SEASONAL_AGREEMENT) -> dict[str, dict]:
+    "Feature columns that are a calendar part of the time column: name → {part, utc_offset_hours, agreement}."
+    if not schema.time_column or schema.time_column not in frame or not len(frame):
+        return {}
+    rows = frame.sample(min(sample, len(frame)), random_state=0) if len(frame) > sample else frame
+    times = pd.to_datetime(rows[schema.time_column], utc=True)
+    known = times.notna().to_numpy()
+    found = {}
+    for name in schema.names("feature"):
+        values = pd.to_numeric(rows[name], errors="coerce").to_numpy("float64", na_value=np.nan) \
+            if name in rows and pd.api.types.is_numeric_dtype(rows[name]) else None
+        if values is None or not np.all(np.isnan(values) | (values == np.round(values))):
+            continue  # calendar parts are whole numbers
+        for offset in sorted(range(-12, 15), key=abs):  # the smallest offset that fits
+            local = times + pd.Timedelta(hours=offset)
+            for part in CALENDAR_PARTS:
+                parts = (local.dt.isocalendar().week if part == "week" else getattr(local.dt, part)).to_numpy("float64")
+                share = float(np.mean(parts[known] == values[known])) if known.any() else 0.0
+                if share >= agreement and share > found.get(name, {}).get("agreement", 0):
+                    found[name] = {"part": part, "utc_offset_hours": offset, "agreement": round(share, 4)}
+    return found
+
+# %% ../nbs/01_data.ipynb #a2a81fd1
+def unseen_seasonal_values(splits: dict[str, pd.DataFrame], seasonal: dict[str, dict]) -> dict[str, dict]:
+    "Per seasonal column and later split, the values training never saw (the model extrapolates on them)."
+    unseen = {}
+    for name in seasonal:
+        trained = set(pd.unique(splits["train"][name].dropna()))
+        for split, part in splits.items():
+            new = sorted(v for v in pd.unique(part[name].dropna()) if v not in trained) if split != "train" else []
+            if new:
+                unseen.setdefault(name, {})[split] = [v.item() if hasattr(v, "item") else v for v in new]
+    return unseen
+
 # %% ../nbs/01_data.ipynb #52f851f3
 def split_report(splits: dict[str, pd.DataFrame], schema: Schema, config: DataParams, method: str,
                  leaked: dict) -> dict:
@@ -1514,6 +1556,15 @@ def split_report(splits: dict[str, pd.DataFrame], schema: Schema, config: DataPa
     if schema.time_column:
         info["periods"] = {name: [part[schema.time_column].min(), part[schema.time_column].max()]
                            for name, part in splits.items() if len(part)}
+    if method == "time":
+        info["seasonal"] = seasonal_columns(splits["train"], schema)
+        info["unseen_seasonal_values"] = unseen_seasonal_values(splits, info["seasonal"])
+        if info["unseen_seasonal_values"]:
+            warnings.warn("the later splits hold values of column(s) that move with time, which training never saw "
+                          "(the model extrapolates): " + "; ".join(
+                              f"{name} " + ", ".join(f"{split} {values[:5]}{'…' if len(values) > 5 else ''}"
+                                                     for split, values in found.items())
+                              for name, found in info["unseen_seasonal_values"].items()), DataWarning, stacklevel=2)
     if schema.task == "classification":
         binary = len(schema.classes) == 2
         info["positive_share" if binary else "class_shares"] = {

@@ -31,15 +31,15 @@ from .train import DEFAULT_EPOCHS, METRICS, TASK_METRICS, task_decisions
 from .validate import per_row_metric, point_metric
 
 # %% auto #0
-__all__ = ['SIGNALS', 'SIGNAL_COLORS', 'DETECTORS', 'MonitorError', 'log_windows', 'system_metrics', 'process_memory',
-           'drift_columns', 'metric_value', 'answered_values', 'answer_errors', 'adwin_changes_with', 'adwin_changes',
-           'fit_calibration', 'cbpe', 'ModelReference', 'model_reference', 'save_reference', 'load_reference',
-           'raise_alerts', 'MonitorParams', 'Monitored', 'join_labels', 'monitored_rows', 'MonitorResult', 'Promotion',
-           'Watch', 'measure', 'labels_arrived', 'labelled_rows', 'judge_promotion', 'retrain_window',
-           'monitor_windows', 'plot_drift', 'plot_performance', 'cumulative_metric', 'plot_comparison', 'headline',
-           'write_monitoring', 'reference_run', 'rollback_from_log', 'monitor_log', 'detector_breaches',
-           'detector_study', 'StageModel', 'stage_model', 'replay_registry', 'stage_labels', 'MonitorStageResult',
-           'serving_figures', 'monitor_stage']
+__all__ = ['CBPE_DRAWS', 'SIGNALS', 'SIGNAL_COLORS', 'DETECTORS', 'MonitorError', 'log_windows', 'system_metrics',
+           'process_memory', 'drift_columns', 'metric_value', 'answered_values', 'answer_errors', 'adwin_changes_with',
+           'adwin_changes', 'fit_calibration', 'cbpe', 'cbpe_band', 'metric_interval', 'beyond', 'ModelReference',
+           'model_reference', 'save_reference', 'load_reference', 'raise_alerts', 'MonitorParams', 'Monitored',
+           'join_labels', 'monitored_rows', 'MonitorResult', 'Promotion', 'Watch', 'measure', 'labels_arrived',
+           'labelled_rows', 'judge_promotion', 'retrain_window', 'monitor_windows', 'plot_drift', 'plot_performance',
+           'cumulative_metric', 'plot_comparison', 'headline', 'write_monitoring', 'reference_run', 'seasonal_from_run',
+           'rollback_from_log', 'monitor_log', 'detector_breaches', 'detector_study', 'StageModel', 'stage_model',
+           'replay_registry', 'stage_labels', 'MonitorStageResult', 'serving_figures', 'monitor_stage']
 
 # %% ../nbs/05_monitor.ipynb #8085657e
 class MonitorError(MLLifecycleError):
@@ -187,6 +187,71 @@ def cbpe(predictor: Predictor,  # the model (its kind and threshold)
         return float("nan")
     tpr, fpr = np.r_[0, tp / tp[-1]], np.r_[0, fp / fp[-1]]
     return float(np.trapezoid(tpr, fpr))
+
+# %% ../nbs/05_monitor.ipynb #0427db25
+CBPE_DRAWS = 200  # label draws behind a CBPE band
+
+
+def cbpe_band(predictor: Predictor, metric: str, scores: np.ndarray, calibration: dict | None = None, *,
+              confidence: float = 0.95, draws: int = CBPE_DRAWS, seed: int = 0,
+             ) -> tuple[float, float]:  # (low, high); NaN where CBPE does not apply
+    "The band the realised metric of a window falls in when each row's label follows its calibrated probability."
+    from scipy.stats import rankdata
+
+    scores, nan = np.asarray(scores, "float64"), (float("nan"), float("nan"))
+    if predictor.kind == "regression" or len(scores) == 0 or metric not in ("auroc", "accuracy") \
+            or (predictor.kind == "multiclass" and metric != "accuracy"):
+        return nan
+    if predictor.kind == "multiclass":
+        hit = scores.max(axis=1)
+    else:
+        p = np.interp(scores, calibration["x"], calibration["y"]) if calibration else scores
+        hit = np.where(scores >= predictor.threshold, p, 1 - p) if metric == "accuracy" else p
+    rng, rows = np.random.default_rng([seed, len(hit)]), len(hit)
+    ranks = rankdata(scores) if metric == "auroc" else None
+    found, block = [], max(1, 2_000_000 // rows)
+    for start in range(0, draws, block):
+        drawn = rng.random((min(block, draws - start), rows)) < hit  # accuracy: hits; AUROC: positive labels
+        if metric == "accuracy":
+            found.append(drawn.mean(axis=1))
+            continue
+        positives = drawn.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            found.append((drawn @ ranks - positives * (positives + 1) / 2) / (positives * (rows - positives)))
+    tail = (1 - confidence) / 2
+    values = np.concatenate(found)
+    if np.isnan(values).all():
+        return nan
+    low, high = np.nanquantile(values, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def metric_interval(predictor: Predictor, metric: str, target: np.ndarray, scores: np.ndarray, *,
+                    confidence: float = 0.95, n_bootstrap: int = RETRAIN_BOOTSTRAP, seed: int = 0,
+                   ) -> tuple[float, float]:  # (low, high); NaN when the rows cannot give one
+    "The bootstrap interval of a window's realised metric on its labelled rows."
+    from mllifecycle.validate import paired_bootstrap
+
+    nan = (float("nan"), float("nan"))
+    if len(target) < 2 or metric not in ("auroc", "accuracy", "rmse", "mae", "r2") \
+            or (metric == "auroc" and np.ndim(scores) > 1):
+        return nan
+    y = target if predictor.kind == "regression" else target.astype("int64")
+    per_row = per_row_metric(metric, predictor.kind, y, scores, predictor.threshold)
+    values = paired_bootstrap(metric, y, {"window": per_row}, n_bootstrap=n_bootstrap, seed=seed)["window"]
+    if np.isnan(values).all():
+        return nan
+    tail = (1 - confidence) / 2
+    low, high = np.nanquantile(values, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def beyond(interval: tuple[float, float], threshold: float, sign: int) -> bool | None:
+    "Whether the whole interval is worse than `threshold` (sign 1: higher is better; −1: lower is); None without one."
+    low, high = interval
+    if np.isnan(low) or np.isnan(high):
+        return None
+    return bool(sign * (high if sign > 0 else low) < sign * threshold)
 
 # %% ../nbs/05_monitor.ipynb #b3ac724f
 @dataclass
@@ -390,6 +455,7 @@ class MonitorResult:
     decided_logged: np.ndarray  # the logged model's answers as numbers (class index or value)
     decided_served: np.ndarray  # the serving model's answers
     shadow: dict | None = None  # the served model against its shadow on every labelled row (None: no shadow)
+    seasonal: list = field(default_factory=list)  # input columns that move with time by design, reported apart
 
 # %% ../nbs/05_monitor.ipynb #10abc615
 def _holdout_split(rows: pd.DataFrame, frac: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -435,7 +501,7 @@ class Watch:
 
     def __init__(self, monitored: Monitored, reference: ModelReference, params: MonitorParams, *,
                  registry: Registry | None = None, history: pd.DataFrame | None = None, replay: bool = False,
-                 workdir: str | Path | None = None):
+                 workdir: str | Path | None = None, seasonal: list[str] | tuple = ()):
         from river.drift import ADWIN
 
         self.monitored, self.params, self.registry, self.history, self.replay = monitored, params, registry, history, replay
@@ -455,6 +521,7 @@ class Watch:
         self.stamps = _ns(pd.to_datetime(self.log["timestamp"], utc=True))
         self.delay = pd.Timedelta(_offset(params.label_delay))
         self.columns = drift_columns(self.first_model, params.exclude_columns)
+        self.seasonal = [c for c in seasonal if c in self.columns]  # columns that move with time: reported apart
         self.rows, self.drift, self.signals, self.alerts, self.decisions, self.changes, self.pending = ([] for _ in range(7))
 
     def result(self) -> MonitorResult:
@@ -465,7 +532,7 @@ class Watch:
                              alerts=self.alerts, decisions=self.decisions, changes=self.changes,
                              reference=self.reference, target=self.target, scores_logged=self.logged,
                              scores_served=self.served, decided_logged=self.decided_logged,
-                             decided_served=self.decided, shadow=shadow)
+                             decided_served=self.decided, shadow=shadow, seasonal=self.seasonal)
 
 # %% ../nbs/05_monitor.ipynb #3d5a62c4
 def measure(watch: Watch, w: dict):
@@ -485,23 +552,33 @@ def measure(watch: Watch, w: dict):
     outputs = model.decide(scores).to_frame()
     table = window_drift(watch.model_ref.inputs, log_inputs(part)[watch.columns], params.thresholds)
     watch.drift.append(table.assign(window=w["window"], start=w["start"]))
-    data = dataset_drift(table, params.thresholds)
+    data = dataset_drift(table, params.thresholds, seasonal=watch.seasonal)
     out = window_drift(watch.model_ref.outputs, output_values(model, outputs).to_frame(), params.thresholds).iloc[0]
+    band = cbpe_band(model, metric, scores, watch.model_ref.calibration, seed=params.seed)
+    interval = metric_interval(model, metric, watch.target[rows][known], scores[known], n_bootstrap=params.n_bootstrap,
+                               seed=params.seed)
     entry.update(labelled=int(known.sum()), drifted_share=data["share"], drifted=", ".join(data["names"]),
+                 seasonal_drifted=", ".join(data["seasonal"]), drift_rule=data["rule"],
                  output_statistic=out["statistic"], output_test=out["test"],
                  estimate=cbpe(model, metric, scores, watch.model_ref.calibration),
+                 estimate_low=band[0], estimate_high=band[1],
                  metric_no_retraining=metric_value(watch.first_model, metric, watch.target[rows][known],
                                                    watch.logged[rows][known]),
                  metric_served=metric_value(model, metric, watch.target[rows][known], scores[known]),
-                 reference=watch.model_ref.value)
+                 metric_served_low=interval[0], metric_served_high=interval[1], reference=watch.model_ref.value)
+    if "drifted_evidently" in table:  # Evidently's rule on the same statistics, every column counted, for comparison
+        evidently = table["drifted_evidently"].astype(bool)
+        entry.update(drifted_share_evidently=float(evidently.mean()),
+                     drifted_evidently=", ".join(table.loc[evidently, "column"]))
     watch.signals.append(_signal(w, "data_drift", breached=data["drifted"], value=data["share"],
-                                 threshold=data["threshold"], statistic="share of drifted columns", columns=data["names"]))
+                                 threshold=data["threshold"], statistic=f"share of drifted columns ({data['rule']} rule)",
+                                 columns=data["names"], seasonal=data["seasonal"]))
     watch.signals.append(_signal(w, "prediction_drift", breached=out["drifted"], value=out["statistic"],
                                  threshold=out["threshold"], statistic=out["test"]))
     low = watch.model_ref.estimate - watch.sign * params.metric_tolerance
-    watch.signals.append(_signal(w, "estimated_performance", breached=None if np.isnan(entry["estimate"]) else
-                                 watch.sign * entry["estimate"] < watch.sign * low, value=entry["estimate"],
-                                 threshold=low, statistic=f"CBPE {metric}"))
+    watch.signals.append(_signal(w, "estimated_performance", breached=beyond(band, low, watch.sign),
+                                 value=entry["estimate"], threshold=low, statistic=f"CBPE {metric} (its band's best end)",
+                                 band=list(band)))
     if params.max_p99_ms is not None and "latency_ms" in part:
         p99 = float(np.percentile(part.groupby("request_id")["latency_ms"].first(), 99))
         watch.signals.append(_signal(w, "latency", breached=p99 > params.max_p99_ms, value=p99,
@@ -524,10 +601,12 @@ def labels_arrived(watch: Watch, w: dict):
         last = labelled[-1]["rows"]
         known = last[~np.isnan(watch.target[last])]
         value = metric_value(watch.model, watch.metric, watch.target[known], watch.served[known])
+        interval = metric_interval(watch.model, watch.metric, watch.target[known], watch.served[known],
+                                   n_bootstrap=watch.params.n_bootstrap, seed=watch.params.seed)
         low = watch.model_ref.value - watch.sign * watch.params.metric_tolerance
-        watch.signals.append(_signal(w, "performance", breached=None if np.isnan(value)
-                                     else watch.sign * value < watch.sign * low, value=value, threshold=low,
-                                     statistic=watch.metric, labelled_window=labelled[-1]["window"]))
+        watch.signals.append(_signal(w, "performance", breached=None if np.isnan(value) else beyond(interval, low, watch.sign),
+                                     value=value, threshold=low, statistic=f"{watch.metric} (its interval's best end)",
+                                     interval=list(interval), labelled_window=labelled[-1]["window"]))
 
 # %% ../nbs/05_monitor.ipynb #5117e2eb
 def labelled_rows(watch: Watch, positions: np.ndarray) -> pd.DataFrame:
@@ -586,9 +665,11 @@ def monitor_windows(monitored: Monitored,  # the log, its labels and the model t
                     history: pd.DataFrame | None = None,  # older labelled rows (the reference run's splits) for retraining
                     replay: bool = False,  # re-score later windows with a promoted model (a replay of history)
                     workdir: str | Path | None = None,  # where retraining runs go
+                    seasonal: list[str] | tuple = (),  # input columns that move with time by design (reported apart)
                    ) -> MonitorResult:
     "Window by window: drift, prediction drift, the CBPE estimate, delayed labels, ADWIN, alerts, and retraining."
-    watch = Watch(monitored, reference, params, registry=registry, history=history, replay=replay, workdir=workdir)
+    watch = Watch(monitored, reference, params, registry=registry, history=history, replay=replay, workdir=workdir,
+                  seasonal=seasonal)
     retraining = params.retrain and registry is not None
     for w in watch.windows:
         measure(watch, w)
@@ -738,9 +819,13 @@ def write_monitoring(run: Run, result: MonitorResult, predictor: Predictor, para
     "Write monitoring/: drift.json, performance.json, alerts.json, retraining.json and the plots; return the summary."
     windows = result.windows
     run.write_json("monitoring/drift.json", {
-        "thresholds": asdict(params.thresholds), "columns": drift_columns(predictor, params.exclude_columns),
+        "thresholds": asdict(params.thresholds), "rule": params.thresholds.rule,
+        "columns": drift_columns(predictor, params.exclude_columns), "seasonal": result.seasonal,
         "windows": [{**{k: row[k] for k in ("window", "start", "end", "rows") if k in row},
                      "drifted_share": row.get("drifted_share"), "drifted": row.get("drifted"),
+                     "seasonal_drifted": row.get("seasonal_drifted"),
+                     "drifted_share_evidently": row.get("drifted_share_evidently"),
+                     "drifted_evidently": row.get("drifted_evidently"),
                      "prediction_drift": {"test": row.get("output_test"), "statistic": row.get("output_statistic")}}
                     for row in windows.to_dict("records")],
         "per_column": result.drift.to_dict("records")})
@@ -775,6 +860,11 @@ def reference_run(registry: RegistryReader, version: int, reference_dir: str | P
     if missing:
         raise MonitorError(f"{run.path} is not a run directory with prepared data (no {', '.join(missing)})")
     return run
+
+# %% ../nbs/05_monitor.ipynb #ab1c60f0
+def seasonal_from_run(run: Run) -> list[str]:
+    "The columns the data stage found to move with time by design (`data/splits.json`; none for an older run)."
+    return list(run.read_json("data/splits.json").get("seasonal") or {}) if run.exists("data/splits.json") else []
 
 # %% ../nbs/05_monitor.ipynb #cd898601
 def rollback_from_log(registry: Registry, monitored: Monitored, params: MonitorParams, metric: str) -> dict | None:
@@ -827,7 +917,7 @@ def monitor_log(params: MonitorParams,  # registry_dir, log_path and labels_path
     result = monitor_windows(monitored, reference, params,
                              registry=registry if params.retrain and not rolled_back else None,
                              history=pd.concat(splits.values(), ignore_index=True), replay=False,
-                             workdir=run.file("monitoring/retraining-runs"))
+                             workdir=run.file("monitoring/retraining-runs"), seasonal=seasonal_from_run(source))
     if judged is not None:
         result.decisions.insert(0, {"window": None, "time": pd.Timestamp.now(tz="UTC"), **judged})
     write_monitoring(run, result, predictor, params, {"log": str(params.log_path), "version": version,
@@ -1017,7 +1107,7 @@ def monitor_stage(params: MonitorParams | None = None) -> MonitorStageResult:
     started = time.perf_counter()
     result = monitor_windows(monitored, reference, params, registry=replay,
                              history=pd.concat(splits.values(), ignore_index=True), replay=True,
-                             workdir=run.file("monitoring/retraining-runs"))
+                             workdir=run.file("monitoring/retraining-runs"), seasonal=seasonal_from_run(run))
     stamps = _ns(pd.to_datetime(monitored.log["timestamp"], utc=True))
     for name, scores in (("no_retraining", result.scores_logged), ("retraining", result.scores_served)):
         result.windows[f"cumulative_{name}"] = cumulative_metric(predictor, metric, result.target, scores,
