@@ -928,19 +928,21 @@ def monitor_log(params: MonitorParams,  # registry_dir, log_path and labels_path
 
 # %% ../nbs/05_monitor.ipynb #05adfd5e
 DETECTORS = ("data drift: KS/chi² + BH", "data drift: Wasserstein/JS", "data drift: PSI ≥ 0.25",
-             "prediction drift: KS", "label drift: chi²", "performance: AUROC", "CBPE estimate", "ADWIN on errors")
+             "prediction drift: KS", "label drift: chi²", "performance: AUROC", "CBPE estimate", "ADWIN on errors",
+             "data drift: calibrated + BH", "performance: AUROC interval", "CBPE band")
 
 
 def detector_breaches(model: Predictor, reference: ModelReference, reference_labels: np.ndarray, window: pd.DataFrame,
                       *, tolerance: float, detector) -> dict[str, bool]:
     "Whether each detector of `DETECTORS` fires on one window (labels known at once; ADWIN keeps its state)."
     columns = list(reference.inputs.columns)
-    by_p = window_drift(reference.inputs, window[columns], DriftThresholds(small_reference=10**12))
-    by_distance = window_drift(reference.inputs, window[columns], DriftThresholds(small_reference=0))
+    by_p = window_drift(reference.inputs, window[columns], DriftThresholds(rule="evidently", small_reference=10**12))
+    by_distance = window_drift(reference.inputs, window[columns], DriftThresholds(rule="evidently", small_reference=0))
+    calibrated = window_drift(reference.inputs, window[columns])
     scores = model.scores(model.features(window))
     target = model.encode_labels(window[model.schema.target])
     output = pd.Series(scores, name="output").to_frame()
-    output_p = window_drift(reference.outputs, output, DriftThresholds(small_reference=10**12)).iloc[0]
+    output_p = window_drift(reference.outputs, output, DriftThresholds(rule="evidently", small_reference=10**12)).iloc[0]
     labels = categorical_statistics(np.bincount(reference_labels.astype(int), minlength=2),
                                     np.bincount(target.astype(int), minlength=2))
     errors = answer_errors(model.kind, answered_values(model, scores), target)
@@ -950,7 +952,11 @@ def detector_breaches(model: Predictor, reference: ModelReference, reference_lab
             DETECTORS[4]: bool(labels["chi2_p"] < 0.05),
             DETECTORS[5]: metric_value(model, "auroc", target, scores) < reference.value - tolerance,
             DETECTORS[6]: cbpe(model, "auroc", scores, reference.calibration) < reference.estimate - tolerance,
-            DETECTORS[7]: any(c["error_after"] > c["error_before"] for c in found)}
+            DETECTORS[7]: any(c["error_after"] > c["error_before"] for c in found),
+            DETECTORS[8]: bool(calibrated["drifted"].any()),
+            DETECTORS[9]: bool(beyond(metric_interval(model, "auroc", target, scores), reference.value - tolerance, 1)),
+            DETECTORS[10]: bool(beyond(cbpe_band(model, "auroc", scores, reference.calibration),
+                                       reference.estimate - tolerance, 1))}
 
 # %% ../nbs/05_monitor.ipynb #cbcb03b3
 def _study_model(train: pd.DataFrame, seed: int) -> Predictor:

@@ -205,16 +205,27 @@ def monitoring_section(run_path: Path) -> str | None:
     alerts = (read_artifact(run_path, "monitoring/alerts.json") or {}).get("alerts", [])
     decisions = (read_artifact(run_path, "monitoring/retraining.json") or {}).get("decisions", [])
     metric, headline = performance.get("metric"), performance.get("headline") or {}
-    windows = [(w.get("window"), str(w.get("start"))[:10], w.get("rows"), w.get("drifted_share"), w.get("estimate"),
-                w.get("metric_no_retraining"), w.get("metric_served"), w.get("version"))
+    def span(w, name):  # a figure with its band or interval, as "0.70 [0.66, 0.74]"
+        low, high = w.get(f"{name}_low"), w.get(f"{name}_high")
+        return fmt(w.get(name)) + (f" [{fmt(low)}, {fmt(high)}]" if low is not None and high is not None
+                                   and low == low and high == high else "")
+
+    windows = [(w.get("window"), str(w.get("start"))[:10], w.get("rows"), w.get("drifted_share"),
+                w.get("drifted_share_evidently"), w.get("seasonal_drifted") or "", span(w, "estimate"),
+                w.get("metric_no_retraining"), span(w, "metric_served"), w.get("version"))
                for w in performance.get("windows", [])]
+    rule = (read_artifact(run_path, "monitoring/drift.json") or {}).get("rule", "evidently")
     verdict = (f"automated retraining {headline['verdict']}: {headline.get('windows_better')} of "
                f"{headline.get('windows_retrained')} retrained windows better; pooled {metric} "
                f"{fmt(headline.get('retraining'))} with retraining vs {fmt(headline.get('no_retraining'))} without"
                ) if "verdict" in headline else performance.get("note") or ""
     return section("Monitoring", "monitoring", f'<p class="headline">{html.escape(verdict)}</p>' if verdict else "",
-                   table(windows, ["window", "start", "rows", "drifted share", f"estimated {metric}",
-                                   f"{metric} without retraining", f"{metric} served", "version"]) if windows else "",
+                   paragraph(f"data drift decided by the {rule} rule; Evidently's rule on the same statistics beside it; "
+                             "seasonal columns (calendar parts of the time column) are reported apart and left out of "
+                             "the share") if windows else "",
+                   table(windows, ["window", "start", "rows", f"drifted share ({rule})", "drifted share (Evidently)",
+                                   "seasonal drifted", f"estimated {metric} [band]", f"{metric} without retraining",
+                                   f"{metric} served [interval]", "version"]) if windows else "",
                    f"<h3>Alerts ({len(alerts)})</h3>" + table(
                        [(a.get("window"), str(a.get("start"))[:10], a.get("signal"), a.get("statistic"), a.get("value"),
                          a.get("threshold")) for a in alerts],

@@ -108,3 +108,22 @@ def test_seasonal_columns_are_reported_apart_from_the_share():
     found = dataset_drift(table, seasonal=["month"])
     assert (found["share"], found["names"], found["seasonal"]) == (0.5, ["dest"], ["month"])
     assert dataset_drift(table, DriftThresholds(seasonal_in_share=True), seasonal=["month"])["share"] == 2 / 3
+
+
+@pytest.mark.parametrize("metric", ["auroc", "accuracy"])
+def test_the_cbpe_band_covers_the_realised_metric_at_its_nominal_rate(metric):
+    from types import SimpleNamespace
+
+    from mllifecycle.monitor import cbpe_band, metric_value
+
+    model = SimpleNamespace(kind="binary", threshold=0.5, classes=[0, 1])  # what the band reads of a predictor
+    rng = np.random.default_rng(1)
+    n_windows, covered = 300, 0
+    for k in range(n_windows):
+        scores = rng.beta(2, 3, 500)  # a calibrated model: each label is 1 with its score's probability
+        target = (rng.random(500) < scores).astype(float)
+        low, high = cbpe_band(model, metric, scores, None, seed=k)
+        realised = metric_value(model, metric, target, scores)
+        covered += low <= realised <= high
+    spread = 3 * np.sqrt(0.95 * 0.05 / n_windows)
+    assert abs(covered / n_windows - 0.95) < spread, covered / n_windows
