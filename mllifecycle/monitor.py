@@ -31,15 +31,18 @@ from .train import DEFAULT_EPOCHS, METRICS, TASK_METRICS, task_decisions
 from .validate import per_row_metric, point_metric
 
 # %% auto #0
-__all__ = ['CBPE_DRAWS', 'SIGNALS', 'SIGNAL_COLORS', 'DETECTORS', 'MonitorError', 'log_windows', 'system_metrics',
-           'process_memory', 'drift_columns', 'metric_value', 'answered_values', 'answer_errors', 'adwin_changes_with',
-           'adwin_changes', 'fit_calibration', 'cbpe', 'cbpe_band', 'metric_interval', 'beyond', 'ModelReference',
-           'model_reference', 'save_reference', 'load_reference', 'raise_alerts', 'MonitorParams', 'Monitored',
-           'join_labels', 'monitored_rows', 'MonitorResult', 'Promotion', 'Watch', 'measure', 'labels_arrived',
-           'labelled_rows', 'judge_promotion', 'retrain_window', 'monitor_windows', 'plot_drift', 'plot_performance',
-           'cumulative_metric', 'plot_comparison', 'headline', 'write_monitoring', 'reference_run', 'seasonal_from_run',
-           'rollback_from_log', 'monitor_log', 'detector_breaches', 'detector_study', 'StageModel', 'stage_model',
-           'replay_registry', 'stage_labels', 'MonitorStageResult', 'serving_figures', 'monitor_stage']
+__all__ = ['CBPE_DRAWS', 'DLE_FOLDS', 'MULTIVARIATE_ROWS', 'SIGNALS', 'SIGNAL_COLORS', 'DETECTORS', 'MonitorError', 'log_windows',
+           'system_metrics', 'process_memory', 'drift_columns', 'metric_value', 'answered_values', 'answer_errors',
+           'adwin_changes_with', 'adwin_changes', 'fit_calibration', 'cbpe', 'cbpe_band', 'metric_interval', 'beyond',
+           'subset_features', 'loss_inputs', 'fit_loss_model', 'dle', 'study_model', 'multivariate_names',
+           'multivariate_matrix', 'fit_multivariate', 'reconstruction_errors', 'reconstruction_signal',
+           'domain_classifier', 'ModelReference', 'model_reference', 'save_reference', 'load_reference', 'raise_alerts',
+           'MonitorParams', 'Monitored', 'join_labels', 'monitored_rows', 'MonitorResult', 'Promotion', 'Watch',
+           'measure', 'labels_arrived', 'labelled_rows', 'judge_promotion', 'retrain_window', 'monitor_windows',
+           'plot_drift', 'plot_performance', 'cumulative_metric', 'plot_comparison', 'headline', 'write_monitoring',
+           'reference_run', 'seasonal_from_run', 'rollback_from_log', 'monitor_log', 'detector_breaches',
+           'detector_study', 'StageModel', 'stage_model', 'replay_registry', 'stage_labels', 'MonitorStageResult',
+           'serving_figures', 'monitor_stage']
 
 # %% ../nbs/05_monitor.ipynb #8085657e
 class MonitorError(MLLifecycleError):
@@ -253,6 +256,153 @@ def beyond(interval: tuple[float, float], threshold: float, sign: int) -> bool |
         return None
     return bool(sign * (high if sign > 0 else low) < sign * threshold)
 
+# %% ../nbs/05_monitor.ipynb #810842f1
+DLE_FOLDS = 3  # cross-fitting folds behind the DLE band
+
+
+def subset_features(features, rows: np.ndarray):
+    "The rows `rows` (positions or a mask) of a `Features`."
+    from dataclasses import replace
+
+    return replace(features, numeric=features.numeric[rows], categorical=features.categorical[rows],
+                   target=None if features.target is None else features.target[rows])
+
+
+def loss_inputs(features, scores: np.ndarray) -> np.ndarray:
+    "What the loss models read: the model's feature matrix and its prediction."
+    return np.column_stack([features_matrix(features), np.asarray(scores, "float64")])
+
+
+def fit_loss_model(predictor: Predictor, features, scores: np.ndarray, target: np.ndarray, *, seed: int = 0
+                  ) -> dict | None:  # None: not a regression model, or too few rows
+    "Direct loss estimation: models of the absolute and squared error from the inputs and the prediction, and their cross-fitted miss."
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.model_selection import KFold
+
+    if predictor.kind != "regression" or len(target) < 10 * DLE_FOLDS:
+        return None
+    x, error = loss_inputs(features, scores), np.asarray(scores, "float64") - target
+    mask = categorical_mask(features) + [False]
+    models, miss, estimate = {}, {}, {}
+    for metric, loss in (("mae", np.abs(error)), ("rmse", error ** 2)):
+        def model():
+            return HistGradientBoostingRegressor(max_iter=100, learning_rate=0.05, min_samples_leaf=20,
+                                                 categorical_features=mask, random_state=seed)
+        held_out = np.empty(len(loss))
+        for fit_rows, rows in KFold(DLE_FOLDS, shuffle=True, random_state=seed).split(x):
+            held_out[rows] = model().fit(x[fit_rows], loss[fit_rows]).predict(x[rows])
+        models[metric] = model().fit(x, loss)
+        miss[metric] = float(np.sqrt(np.mean((loss - held_out) ** 2)))
+        mean = float(np.mean(np.maximum(held_out, 0)))
+        estimate[metric] = mean if metric == "mae" else float(np.sqrt(mean))
+    return {"models": models, "miss": miss, "reference_estimate": estimate}
+
+
+def dle(loss_model: dict | None, metric: str, features, scores: np.ndarray, *, confidence: float = 0.95
+       ) -> tuple[float, float, float]:  # estimate, low, high; NaN where DLE does not apply
+    "The window's estimated MAE or RMSE from its inputs and predictions alone, with its band."
+    from scipy.stats import norm
+
+    if loss_model is None or metric not in loss_model["models"] or len(scores) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(np.mean(np.maximum(loss_model["models"][metric].predict(loss_inputs(features, scores)), 0)))
+    half = float(norm.ppf(0.5 + confidence / 2)) * loss_model["miss"][metric] / np.sqrt(len(scores))
+    low, high = max(mean - half, 0.0), mean + half
+    return (mean, low, high) if metric == "mae" else (float(np.sqrt(mean)), float(np.sqrt(low)), float(np.sqrt(high)))
+
+# %% ../nbs/05_monitor.ipynb #b03b872b
+def study_model(train: pd.DataFrame, seed: int, kind: str = "binary") -> Predictor:
+    "A HistGradientBoosting model behind the predict interface, trained on `train` (binary or regression `target`)."
+    from functools import partial
+
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    schema = infer_schema(train, "target", "regression" if kind == "regression" else "classification")
+    pipeline = FeaturePipeline.from_schema(schema).fit(train)
+    features = pipeline.transform(train)
+    make = HistGradientBoostingRegressor if kind == "regression" else HistGradientBoostingClassifier
+    estimator = make(max_iter=60, categorical_features=categorical_mask(features),
+                     random_state=seed).fit(features_matrix(features), features.target)
+    return Predictor(name="study", family="sklearn", kind=kind, classes=pipeline.classes_, schema=schema,
+                     pipeline=pipeline, config={}, scorer=partial(sklearn_scores, estimator, kind))
+
+# %% ../nbs/05_monitor.ipynb #01fe477c
+MULTIVARIATE_ROWS = 4000  # training rows sampled for the multivariate detectors
+
+
+def multivariate_names(features, seasonal, time_column: str | None) -> list[str]:
+    "The numeric features the multivariate detectors use: no seasonal column and no part of the time column."
+    def about_when(name):
+        return name in seasonal or (time_column is not None and name.startswith(f"{time_column}__"))
+    return [n for n in features.numeric_names if not about_when(n)]
+
+
+def multivariate_matrix(features, names: list[str]) -> np.ndarray:
+    "The chosen numeric features and every categorical feature one-hot, as one float matrix."
+    index = [features.numeric_names.index(n) for n in names]
+    onehots = [np.eye(k, dtype="float32")[np.clip(features.categorical[:, j], 0, k - 1)]
+               for j, k in enumerate(features.cardinalities)]
+    return np.hstack([features.numeric[:, index].astype("float32"), *onehots])
+
+
+def fit_multivariate(predictor: Predictor, train: pd.DataFrame, seasonal=(), *, seed: int = 0,
+                     variance: float = 0.65) -> dict | None:
+    "Fit the reconstruction detector on a training sample (errors of held-out rows as its reference) and keep rows for the domain classifier."
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    if len(train) < 50:
+        return None
+    sample = train.sample(min(len(train), MULTIVARIATE_ROWS), random_state=seed)
+    features = predictor.features(sample)
+    names = multivariate_names(features, set(seasonal), predictor.schema.time_column)
+    x = multivariate_matrix(features, names)
+    fit_rows = np.random.default_rng(seed).random(len(x)) < 0.8
+    scaler = StandardScaler().fit(x[fit_rows])
+    pca = PCA(n_components=variance, svd_solver="full").fit(scaler.transform(x[fit_rows]))
+    state = {"names": names, "scaler": scaler, "pca": pca, "rows": x}
+    state["errors"] = reconstruction_errors(state, x[~fit_rows])
+    return state
+
+
+def reconstruction_errors(state: dict, x: np.ndarray) -> np.ndarray:
+    "Each row's distance to its PCA reconstruction (in standardised units)."
+    z = state["scaler"].transform(x)
+    return np.linalg.norm(z - state["pca"].inverse_transform(state["pca"].transform(z)), axis=1)
+
+
+def reconstruction_signal(state: dict, x: np.ndarray, sigmas: float = 3.0) -> dict:
+    "The window's mean reconstruction error against the held-out training rows' mean plus `sigmas` standard errors at its size."
+    errors, reference = reconstruction_errors(state, x), state["errors"]
+    threshold = float(reference.mean() + sigmas * reference.std() / np.sqrt(len(x)))
+    return {"value": float(errors.mean()), "threshold": threshold, "breached": bool(errors.mean() > threshold)}
+
+
+def domain_classifier(state: dict, x: np.ndarray, *, margin: float = 0.05, folds: int = 3, seed: int = 0,
+                      most: int = 20_000) -> dict:
+    "How well training rows and the window's rows can be told apart: cross-validated AUROC with its interval (Hanley–McNeil)."
+    from scipy.stats import norm
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold
+
+    rng = np.random.default_rng(seed)
+    window = x[rng.choice(len(x), most, replace=False)] if len(x) > most else x
+    reference = state["rows"]
+    if len(reference) > 2 * len(window):  # twice the window's rows: enough to tell them apart, and cheaper
+        reference = reference[rng.choice(len(reference), max(2 * len(window), 500), replace=False)]
+    data, labels = np.vstack([reference, window]), np.r_[np.zeros(len(reference)), np.ones(len(window))]
+    held_out = np.empty(len(labels))
+    for fit_rows, rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(data, labels):
+        model = HistGradientBoostingClassifier(max_iter=40, random_state=seed).fit(data[fit_rows], labels[fit_rows])
+        held_out[rows] = model.predict_proba(data[rows])[:, 1]
+    auroc = point_metric("auroc", labels, held_out)
+    n1, n0 = len(window), len(reference)  # Hanley and McNeil's standard error of an AUROC
+    q1, q2 = auroc / (2 - auroc), 2 * auroc ** 2 / (1 + auroc)
+    se = np.sqrt(max(auroc * (1 - auroc) + (n1 - 1) * (q1 - auroc ** 2) + (n0 - 1) * (q2 - auroc ** 2), 0) / (n1 * n0))
+    low, high = auroc - norm.ppf(0.975) * se, auroc + norm.ppf(0.975) * se
+    return {"value": float(auroc), "low": float(low), "high": float(high), "threshold": 0.5 + margin,
+            "breached": bool(low > 0.5 + margin)}
+
 # %% ../nbs/05_monitor.ipynb #b3ac724f
 @dataclass
 class ModelReference:
@@ -264,6 +414,8 @@ class ModelReference:
     estimate: float  # CBPE's estimate on the same rows (what the live estimate is compared with)
     calibration: dict | None  # binary: the isotonic map CBPE uses
     version: int | None  # the registry version it describes
+    loss: dict | None = None  # regression: the direct-loss-estimation models (in memory; refitted with the reference)
+    multivariate: dict | None = None  # the multivariate detectors' fitted state (in memory; refitted with the reference)
 
 # %% ../nbs/05_monitor.ipynb #02cdd798
 def model_reference(predictor: Predictor,  # the monitored model
@@ -273,8 +425,10 @@ def model_reference(predictor: Predictor,  # the monitored model
                     *,
                     thresholds: DriftThresholds | None = None,
                     exclude: list[str] | None = None,  # columns left out of data drift
+                    seasonal: list[str] | tuple = (),  # columns that move with time by design (left out of the multivariate detectors)
+                    seed: int = 0,
                    ) -> ModelReference:
-    "Profile the training inputs, and score the validation rows once: output profile, metric, CBPE calibration."
+    "Profile the training inputs, and score the validation rows once: output profile, metric, CBPE calibration or DLE, multivariate detectors."
     thresholds = thresholds or DriftThresholds()
     columns = drift_columns(predictor, exclude)
     missing = [c for c in columns + [predictor.schema.target] if c not in train.columns or c not in valid.columns]
@@ -283,18 +437,22 @@ def model_reference(predictor: Predictor,  # the monitored model
     source = {"model_version": predictor.version, "model": predictor.name, "target": predictor.schema.target,
               "task": predictor.schema.task, "rows": len(train)}
     inputs = reference_profile(train[columns], columns, thresholds, source)
-    scores = predictor.scores(predictor.features(valid))
+    features = predictor.features(valid)
+    scores = predictor.scores(features)
     answered = predictor.decide(scores).to_frame()  # laid out as a log lays them out
     outputs = reference_profile(output_values(predictor, answered).to_frame(), thresholds=thresholds, source=source)
     target = predictor.encode_labels(valid[predictor.schema.target])
     known = ~np.isnan(target)
     calibration = fit_calibration(scores[known], target[known]) if predictor.kind == "binary" else None
+    loss = fit_loss_model(predictor, subset_features(features, known), scores[known], target[known], seed=seed)
+    estimate = loss["reference_estimate"].get(metric, np.nan) if loss else cbpe(predictor, metric, scores[known], calibration)
+    multivariate = fit_multivariate(predictor, train, seasonal, seed=seed)
     return ModelReference(inputs, outputs, metric, metric_value(predictor, metric, target[known], scores[known]),
-                          cbpe(predictor, metric, scores[known], calibration), calibration, predictor.version)
+                          estimate, calibration, predictor.version, loss, multivariate)
 
 # %% ../nbs/05_monitor.ipynb #a8c1a04d
 def save_reference(run: Run, reference: ModelReference, folder: str = "monitoring/reference"):
-    "Write a model reference into `run`: the two profiles and `model.json` (checksummed)."
+    "Write a model reference into `run`: the two profiles and `model.json` (checksummed); the fitted detectors stay in memory."
     save_profile(run, reference.inputs, f"{folder}/inputs")
     save_profile(run, reference.outputs, f"{folder}/outputs")
     run.write_json(f"{folder}/model.json", {k: getattr(reference, k) for k in
@@ -341,6 +499,8 @@ class MonitorParams(DriftThresholds):
     cooldown: int = 2  # windows after an alert in which the same signal stays quiet
     adwin_delta: float = 0.002  # ADWIN's confidence on the error stream (smaller: fewer, surer detections)
     max_p99_ms: float | None = None  # a latency signal breaches when a window's p99 exceeds this (None: no latency signal)
+    multivariate: bool = True  # the multivariate detectors: PCA reconstruction error and a domain classifier
+    domain_margin: float = 0.05  # the domain classifier breaches when its AUROC's interval lies above 0.5 + this
     exclude_columns: list = field(default_factory=list)  # input columns left out of data drift
     retrain: bool = True  # retrain when an alert of `retrain_on` fires (the stage's replay uses a registry of its own)
     retrain_on: list = field(default_factory=lambda: ["performance", "estimated_performance", "error_rate"])  # signals whose alerts retrain
@@ -358,6 +518,8 @@ class MonitorParams(DriftThresholds):
         _offset(self.system_window, "system_window")
         self.metric_tolerance = check_number("metric_tolerance", self.metric_tolerance)
         self.adwin_delta = check_number("adwin_delta", self.adwin_delta, low=0, high=1, low_open=True)
+        self.multivariate = check_bool("multivariate", self.multivariate)
+        self.domain_margin = check_number("domain_margin", self.domain_margin, low=0, high=0.5)
         self.holdout_frac = check_number("holdout_frac", self.holdout_frac, low=0, high=0.9, low_open=True)
         self.promote_margin = check_number("promote_margin", self.promote_margin)
         for name in ("consecutive", "min_rows", "retrain_rows", "rollback_rows", "epochs", "n_bootstrap"):
@@ -374,7 +536,8 @@ class MonitorParams(DriftThresholds):
         return DriftThresholds(**{f.name: getattr(self, f.name) for f in fields(DriftThresholds)})
 
 
-SIGNALS = ("data_drift", "prediction_drift", "performance", "estimated_performance", "error_rate", "latency")
+SIGNALS = ("data_drift", "prediction_drift", "performance", "estimated_performance", "error_rate", "latency",
+           "multivariate_drift", "domain_classifier")
 
 # %% ../nbs/05_monitor.ipynb #99e1913d
 @dataclass
@@ -554,14 +717,18 @@ def measure(watch: Watch, w: dict):
     watch.drift.append(table.assign(window=w["window"], start=w["start"]))
     data = dataset_drift(table, params.thresholds, seasonal=watch.seasonal)
     out = window_drift(watch.model_ref.outputs, output_values(model, outputs).to_frame(), params.thresholds).iloc[0]
-    band = cbpe_band(model, metric, scores, watch.model_ref.calibration, seed=params.seed)
+    features = model.features(log_inputs(part))
+    if watch.model_ref.loss is not None:  # regression: direct loss estimation
+        estimate, *band = dle(watch.model_ref.loss, metric, features, scores)
+    else:
+        estimate = cbpe(model, metric, scores, watch.model_ref.calibration)
+        band = cbpe_band(model, metric, scores, watch.model_ref.calibration, seed=params.seed)
     interval = metric_interval(model, metric, watch.target[rows][known], scores[known], n_bootstrap=params.n_bootstrap,
                                seed=params.seed)
     entry.update(labelled=int(known.sum()), drifted_share=data["share"], drifted=", ".join(data["names"]),
                  seasonal_drifted=", ".join(data["seasonal"]), drift_rule=data["rule"],
                  output_statistic=out["statistic"], output_test=out["test"],
-                 estimate=cbpe(model, metric, scores, watch.model_ref.calibration),
-                 estimate_low=band[0], estimate_high=band[1],
+                 estimate=estimate, estimate_low=band[0], estimate_high=band[1],
                  metric_no_retraining=metric_value(watch.first_model, metric, watch.target[rows][known],
                                                    watch.logged[rows][known]),
                  metric_served=metric_value(model, metric, watch.target[rows][known], scores[known]),
@@ -577,8 +744,19 @@ def measure(watch: Watch, w: dict):
                                  threshold=out["threshold"], statistic=out["test"]))
     low = watch.model_ref.estimate - watch.sign * params.metric_tolerance
     watch.signals.append(_signal(w, "estimated_performance", breached=beyond(band, low, watch.sign),
-                                 value=entry["estimate"], threshold=low, statistic=f"CBPE {metric} (its band's best end)",
-                                 band=list(band)))
+                                 value=entry["estimate"], threshold=low, band=list(band),
+                                 statistic=f"{'DLE' if watch.model_ref.loss else 'CBPE'} {metric} (its band's best end)"))
+    if params.multivariate and watch.model_ref.multivariate is not None:
+        x = multivariate_matrix(features, watch.model_ref.multivariate["names"])
+        rebuilt = reconstruction_signal(watch.model_ref.multivariate, x)
+        domain = domain_classifier(watch.model_ref.multivariate, x, margin=params.domain_margin, seed=params.seed)
+        entry.update(reconstruction_error=rebuilt["value"], reconstruction_threshold=rebuilt["threshold"],
+                     domain_auroc=domain["value"], domain_auroc_low=domain["low"], domain_auroc_high=domain["high"])
+        watch.signals.append(_signal(w, "multivariate_drift", breached=rebuilt["breached"], value=rebuilt["value"],
+                                     threshold=rebuilt["threshold"], statistic="PCA reconstruction error"))
+        watch.signals.append(_signal(w, "domain_classifier", breached=domain["breached"], value=domain["value"],
+                                     threshold=domain["threshold"], interval=[domain["low"], domain["high"]],
+                                     statistic="domain classifier AUROC (its interval's low end)"))
     if params.max_p99_ms is not None and "latency_ms" in part:
         p99 = float(np.percentile(part.groupby("request_id")["latency_ms"].first(), 99))
         watch.signals.append(_signal(w, "latency", breached=p99 > params.max_p99_ms, value=p99,
@@ -650,7 +828,7 @@ def retrain_window(watch: Watch, w: dict | None, trigger: dict, champion: Predic
     if challenger is not None and watch.replay:  # later windows are answered by it; it is judged once it has served
         training, holdout = _holdout_split(rows, params.holdout_frac)
         new_ref = model_reference(challenger, training, holdout, watch.metric, thresholds=params.thresholds,
-                                  exclude=params.exclude_columns)
+                                  exclude=params.exclude_columns, seasonal=watch.seasonal, seed=params.seed)
         watch.promotion = Promotion(model=challenger, previous=watch.model, previous_reference=watch.model_ref,
                                     first_row=int(np.searchsorted(watch.stamps, _ns(end))))
         watch.model, watch.model_ref = challenger, new_ref
@@ -907,7 +1085,7 @@ def monitor_log(params: MonitorParams,  # registry_dir, log_path and labels_path
     splits = {name: pd.read_parquet(source.artifact(f"data/{name}.parquet")) for name in ("train", "valid", "test")
               if source.exists(f"data/{name}.parquet")}  # a retraining run has train and valid (its holdout)
     reference = model_reference(predictor, splits["train"], splits["valid"], metric, thresholds=params.thresholds,
-                                exclude=params.exclude_columns)
+                                exclude=params.exclude_columns, seasonal=seasonal_from_run(source), seed=params.seed)
     labels = join_labels(log, load_table(params.labels_path), predictor.schema.target) if params.labels_path else None
     monitored = monitored_rows(log, predictor, labels, params.label_delay)
     run = open_run(run_dir, stage="monitor", params=asdict(params), seed=params.seed)
@@ -929,7 +1107,8 @@ def monitor_log(params: MonitorParams,  # registry_dir, log_path and labels_path
 # %% ../nbs/05_monitor.ipynb #05adfd5e
 DETECTORS = ("data drift: KS/chi² + BH", "data drift: Wasserstein/JS", "data drift: PSI ≥ 0.25",
              "prediction drift: KS", "label drift: chi²", "performance: AUROC", "CBPE estimate", "ADWIN on errors",
-             "data drift: calibrated + BH", "performance: AUROC interval", "CBPE band")
+             "data drift: calibrated + BH", "performance: AUROC interval", "CBPE band",
+             "multivariate: PCA reconstruction", "multivariate: domain classifier")
 
 
 def detector_breaches(model: Predictor, reference: ModelReference, reference_labels: np.ndarray, window: pd.DataFrame,
@@ -939,7 +1118,9 @@ def detector_breaches(model: Predictor, reference: ModelReference, reference_lab
     by_p = window_drift(reference.inputs, window[columns], DriftThresholds(rule="evidently", small_reference=10**12))
     by_distance = window_drift(reference.inputs, window[columns], DriftThresholds(rule="evidently", small_reference=0))
     calibrated = window_drift(reference.inputs, window[columns])
-    scores = model.scores(model.features(window))
+    features = model.features(window)
+    scores = model.scores(features)
+    x = multivariate_matrix(features, reference.multivariate["names"])
     target = model.encode_labels(window[model.schema.target])
     output = pd.Series(scores, name="output").to_frame()
     output_p = window_drift(reference.outputs, output, DriftThresholds(rule="evidently", small_reference=10**12)).iloc[0]
@@ -956,28 +1137,16 @@ def detector_breaches(model: Predictor, reference: ModelReference, reference_lab
             DETECTORS[8]: bool(calibrated["drifted"].any()),
             DETECTORS[9]: bool(beyond(metric_interval(model, "auroc", target, scores), reference.value - tolerance, 1)),
             DETECTORS[10]: bool(beyond(cbpe_band(model, "auroc", scores, reference.calibration),
-                                       reference.estimate - tolerance, 1))}
-
-# %% ../nbs/05_monitor.ipynb #cbcb03b3
-def _study_model(train: pd.DataFrame, seed: int) -> Predictor:
-    "A HistGradientBoosting model behind the predict interface, trained on `train` (the study's model)."
-    from functools import partial
-
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    schema = infer_schema(train, "target")
-    pipeline = FeaturePipeline.from_schema(schema).fit(train)
-    features = pipeline.transform(train)
-    estimator = HistGradientBoostingClassifier(max_iter=60, categorical_features=categorical_mask(features),
-                                               random_state=seed).fit(features_matrix(features), features.target)
-    return Predictor(name="study", family="sklearn", kind="binary", classes=pipeline.classes_, schema=schema,
-                     pipeline=pipeline, config={}, scorer=partial(sklearn_scores, estimator, "binary"))
+                                       reference.estimate - tolerance, 1)),
+            DETECTORS[11]: reconstruction_signal(reference.multivariate, x)["breached"],
+            DETECTORS[12]: domain_classifier(reference.multivariate, x)["breached"]}
 
 # %% ../nbs/05_monitor.ipynb #d5fb38ea
 def detector_study(*, kinds=("none", "covariate", "prior", "concept"),  # injected drifts ("none": no drift at all)
                    widths=(0.0, 0.3),  # 0: abrupt; else the share of the data over which the drift ramps in
                    n_rows: int = 20_000,  # rows per scenario: 20% train, 10% reference, the rest in windows
                    window_rows: int = 1000,
+                   n_categories: int = 8,  # values of each of the two categorical columns
                    strength: float = 1.0,  # drift size (make_synthetic's drift_strength)
                    tolerance: float = 0.02,  # performance detectors: this far below the reference
                    seed: int = 0,
@@ -988,10 +1157,10 @@ def detector_study(*, kinds=("none", "covariate", "prior", "concept"),  # inject
     rows, start = [], 0.65
     for kind in kinds:
         for width in (widths if kind != "none" else (0.0,)):
-            data = make_synthetic(n_rows, n_numeric=6, n_categorical=2, n_categories=8, drift=kind, drift_start=start,
+            data = make_synthetic(n_rows, n_numeric=6, n_categorical=2, n_categories=n_categories, drift=kind, drift_start=start,
                                   drift_width=width, drift_strength=strength, seed=seed).drop(columns="timestamp")
             train, valid = data.iloc[:n_rows // 5], data.iloc[n_rows // 5:3 * n_rows // 10]
-            model = _study_model(train, seed)
+            model = study_model(train, seed)
             reference = model_reference(model, train, valid, "auroc")
             reference_labels = model.encode_labels(valid["target"])
             detector, first_drift = ADWIN(), int(start * n_rows)
@@ -1104,7 +1273,7 @@ def monitor_stage(params: MonitorParams | None = None) -> MonitorStageResult:
     registry, predictor, metric = served.registry, served.predictor, served.metric
     splits = {name: pd.read_parquet(run.artifact(f"data/{name}.parquet")) for name in ("train", "valid", "test")}
     reference = model_reference(predictor, splits["train"], splits["valid"], metric, thresholds=params.thresholds,
-                                exclude=params.exclude_columns)
+                                exclude=params.exclude_columns, seasonal=seasonal_from_run(run), seed=params.seed)
     save_reference(run, reference)
     log = read_log(params.log_path or run.file("deploy/predictions.parquet"))
     monitored = monitored_rows(log, predictor, stage_labels(run, log, predictor.schema.target, params.labels_path),

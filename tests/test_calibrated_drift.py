@@ -127,3 +127,47 @@ def test_the_cbpe_band_covers_the_realised_metric_at_its_nominal_rate(metric):
         covered += low <= realised <= high
     spread = 3 * np.sqrt(0.95 * 0.05 / n_windows)
     assert abs(covered / n_windows - 0.95) < spread, covered / n_windows
+
+
+def test_dle_band_covers_the_realised_rmse_at_its_nominal_rate():
+    from mllifecycle.data import make_synthetic
+    from mllifecycle.monitor import dle, fit_loss_model, metric_value, study_model
+
+    n_windows, size = 300, 500
+    data = make_synthetic(7000 + n_windows * size, n_numeric=6, n_categorical=2, n_categories=8, task="regression",
+                          seed=4).drop(columns="timestamp")
+    model = study_model(data.iloc[:4000], 0, "regression")
+    valid = data.iloc[4000:7000]
+    features = model.features(valid)
+    loss = fit_loss_model(model, features, model.scores(features), model.encode_labels(valid["target"]))
+    stream = data.iloc[7000:]
+    features = model.features(stream)
+    scores, target = model.scores(features), model.encode_labels(stream["target"])
+    covered = 0
+    for k in range(n_windows):
+        rows = np.arange(k * size, (k + 1) * size)
+        from mllifecycle.monitor import subset_features
+
+        estimate, low, high = dle(loss, "rmse", subset_features(features, rows), scores[rows])
+        covered += low <= metric_value(model, "rmse", target[rows], scores[rows]) <= high
+    spread = 3 * np.sqrt(0.95 * 0.05 / n_windows)
+    assert abs(covered / n_windows - 0.95) < spread, covered / n_windows
+
+
+def test_the_multivariate_detectors_stay_quiet_without_drift_and_fire_on_a_shift():
+    from mllifecycle.data import make_synthetic
+    from mllifecycle.monitor import (domain_classifier, fit_multivariate, multivariate_matrix, reconstruction_signal,
+                                     study_model)
+
+    data = make_synthetic(16_000, n_numeric=6, n_categorical=2, n_categories=8, seed=1).drop(columns="timestamp")
+    model = study_model(data.iloc[:4000], 0)
+    state = fit_multivariate(model, data.iloc[:6000])
+    quiet = {"reconstruction": 0, "domain": 0}
+    for k in range(20):  # windows of the same population
+        x = multivariate_matrix(model.features(data.iloc[6000 + 500 * k:6500 + 500 * k]), state["names"])
+        quiet["reconstruction"] += reconstruction_signal(state, x)["breached"]
+        quiet["domain"] += domain_classifier(state, x, seed=k)["breached"]
+    assert quiet["reconstruction"] <= 2 and quiet["domain"] <= 2, quiet
+    moved = data.iloc[6000:6500].assign(num_0=lambda d: d["num_0"] + d["num_0"].std())
+    x = multivariate_matrix(model.features(moved), state["names"])
+    assert reconstruction_signal(state, x)["breached"] and domain_classifier(state, x)["breached"]
