@@ -28,19 +28,19 @@ from .core import (
 __all__ = ['TASKS', 'FILE_READERS', 'SQL_URL', 'FLIGHTS_TARGET', 'FLIGHTS_TIME', 'FLIGHTS_IDS', 'FLIGHTS_CONSTRAINTS',
            'FLIGHTS_DERIVED', 'DRIFT_KINDS', 'MAX_CATEGORIES', 'NA_TOKENS', 'MISSING_STRATEGIES', 'SPLIT_METHODS',
            'MIN_SPLIT_ROWS', 'ID_NAME', 'LEAK_THRESHOLD', 'UNKNOWN', 'MISSING', 'DATETIME_PARTS', 'PIPELINE_FORMAT',
-           'SPLITS', 'CALENDAR_PARTS', 'SEASONAL_AGREEMENT', 'SMALL_SAMPLE_ROWS', 'DataError', 'DataWarning',
-           'read_sql', 'load_table', 'duplicated_rows', 'deduplicate_keys', 'join_tables', 'flights_files',
-           'load_flights', 'drift_weight', 'make_synthetic', 'ColumnSchema', 'Schema', 'column_kind', 'infer_task',
-           'check_target', 'infer_schema', 'coerce_column', 'check_frame', 'profile', 'normalize_categories',
-           'CleanConfig', 'Actions', 'check_clean_settings', 'fix_types', 'fix_values', 'apply_column_strategies',
-           'rows_to_keep', 'drop_sparse_columns', 'clean_frame', 'plot_quality', 'rows_needed', 'check_fractions',
-           'time_split', 'random_split', 'group_split', 'split_frame', 'check_leakage', 'find_id_columns', 'find_leaks',
-           'check_expression', 'evaluate_expression', 'Features', 'numeric_block', 'fit_numeric', 'scale_numeric',
-           'fit_vocabulary', 'vocabulary_lookup', 'category_codes', 'encode_target', 'FeaturePipeline',
-           'pipeline_to_dict', 'pipeline_from_dict', 'DataParams', 'PreparedData', 'collect', 'screen_columns',
-           'dataset_record', 'describe_columns', 'usable_derived', 'leak_free_splits', 'seasonal_columns',
-           'unseen_seasonal_values', 'split_report', 'write_prepared', 'prepare_data', 'load_prepared',
-           'DataStageResult', 'data_stage']
+           'SPLITS', 'CALENDAR_PARTS', 'SEASONAL_AGREEMENT', 'CALENDAR_SHARE', 'SMALL_SAMPLE_ROWS', 'DataError',
+           'DataWarning', 'read_sql', 'load_table', 'duplicated_rows', 'deduplicate_keys', 'join_tables',
+           'flights_files', 'load_flights', 'drift_weight', 'make_synthetic', 'ColumnSchema', 'Schema', 'column_kind',
+           'infer_task', 'check_target', 'infer_schema', 'coerce_column', 'check_frame', 'profile',
+           'normalize_categories', 'CleanConfig', 'Actions', 'check_clean_settings', 'fix_types', 'fix_values',
+           'apply_column_strategies', 'rows_to_keep', 'drop_sparse_columns', 'clean_frame', 'plot_quality',
+           'rows_needed', 'check_fractions', 'time_split', 'random_split', 'group_split', 'split_frame',
+           'check_leakage', 'find_id_columns', 'find_leaks', 'check_expression', 'evaluate_expression', 'Features',
+           'numeric_block', 'fit_numeric', 'scale_numeric', 'fit_vocabulary', 'vocabulary_lookup', 'category_codes',
+           'encode_target', 'FeaturePipeline', 'pipeline_to_dict', 'pipeline_from_dict', 'DataParams', 'PreparedData',
+           'collect', 'screen_columns', 'dataset_record', 'describe_columns', 'usable_derived', 'leak_free_splits',
+           'seasonal_columns', 'unseen_seasonal_values', 'split_report', 'write_prepared', 'prepare_data',
+           'load_prepared', 'DataStageResult', 'data_stage']
 
 # %% ../nbs/01_data.ipynb #4e02fd7d
 class DataError(MLLifecycleError, ValueError):
@@ -1507,11 +1507,12 @@ def leak_free_splits(cleaned: pd.DataFrame, schema: Schema, config: DataParams,
 # %% ../nbs/01_data.ipynb #b281550a
 CALENDAR_PARTS = ("year", "quarter", "month", "week", "day", "dayofweek", "dayofyear", "hour")
 SEASONAL_AGREEMENT = 0.95  # the share of rows on which a column must equal a calendar part to count as one
+CALENDAR_SHARE = 0.8  # a column whose daily means explain this share of its variance moves with the calendar
 
 
 def seasonal_columns(frame: pd.DataFrame, schema: Schema, *, sample: int = 20_000,
                      agreement: float = SEASONAL_AGREEMENT) -> dict[str, dict]:
-    "Feature columns that are a calendar part of the time column: name → {part, utc_offset_hours, agreement}."
+    "Feature columns that move with the calendar: calendar parts of the time column, or columns most of whose variance is between days."
     if not schema.time_column or schema.time_column not in frame or not len(frame):
         return {}
     rows = frame.sample(min(sample, len(frame)), random_state=0) if len(frame) > sample else frame
@@ -1530,13 +1531,27 @@ def seasonal_columns(frame: pd.DataFrame, schema: Schema, *, sample: int = 20_00
                 share = float(np.mean(parts[known] == values[known])) if known.any() else 0.0
                 if share >= agreement and share > found.get(name, {}).get("agreement", 0):
                     found[name] = {"part": part, "utc_offset_hours": offset, "agreement": round(share, 4)}
+    days = times.dt.floor("D")
+    if days.nunique() >= 10:  # enough days to tell the calendar's share of a column's variance
+        for name in schema.names("feature"):
+            if name in found or name not in rows or not pd.api.types.is_numeric_dtype(rows[name]) \
+                    or pd.api.types.is_bool_dtype(rows[name]):
+                continue
+            values = pd.to_numeric(rows[name], errors="coerce").astype("float64")
+            usable = values.notna().to_numpy() & known
+            spread = float(np.sum((values[usable] - values[usable].mean()) ** 2))
+            if spread > 0:
+                within = values[usable] - values[usable].groupby(days[usable]).transform("mean")
+                explained = 1 - float(np.sum(within ** 2)) / spread
+                if explained >= CALENDAR_SHARE:
+                    found[name] = {"part": "daily mean", "explained": round(explained, 4)}
     return found
 
 # %% ../nbs/01_data.ipynb #a2a81fd1
 def unseen_seasonal_values(splits: dict[str, pd.DataFrame], seasonal: dict[str, dict]) -> dict[str, dict]:
     "Per seasonal column and later split, the values training never saw (the model extrapolates on them)."
     unseen = {}
-    for name in seasonal:
+    for name in [n for n, about in seasonal.items() if about["part"] in CALENDAR_PARTS]:  # parts take few values
         trained = set(pd.unique(splits["train"][name].dropna()))
         for split, part in splits.items():
             new = sorted(v for v in pd.unique(part[name].dropna()) if v not in trained) if split != "train" else []

@@ -278,6 +278,7 @@ def fit_loss_model(predictor: Predictor, features, scores: np.ndarray, target: n
     "Direct loss estimation: models of the absolute and squared error from the inputs and the prediction, and their cross-fitted miss."
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.model_selection import KFold
+    from threadpoolctl import threadpool_limits
 
     if predictor.kind != "regression" or len(target) < 10 * DLE_FOLDS:
         return None
@@ -289,9 +290,10 @@ def fit_loss_model(predictor: Predictor, features, scores: np.ndarray, target: n
             return HistGradientBoostingRegressor(max_iter=100, learning_rate=0.05, min_samples_leaf=20,
                                                  categorical_features=mask, random_state=seed)
         held_out = np.empty(len(loss))
-        for fit_rows, rows in KFold(DLE_FOLDS, shuffle=True, random_state=seed).split(x):
-            held_out[rows] = model().fit(x[fit_rows], loss[fit_rows]).predict(x[rows])
-        models[metric] = model().fit(x, loss)
+        with threadpool_limits(1):  # small fits: OpenMP threads only wait on each other, badly so on a busy machine
+            for fit_rows, rows in KFold(DLE_FOLDS, shuffle=True, random_state=seed).split(x):
+                held_out[rows] = model().fit(x[fit_rows], loss[fit_rows]).predict(x[rows])
+            models[metric] = model().fit(x, loss)
         miss[metric] = float(np.sqrt(np.mean((loss - held_out) ** 2)))
         mean = float(np.mean(np.maximum(held_out, 0)))
         estimate[metric] = mean if metric == "mae" else float(np.sqrt(mean))
@@ -384,6 +386,7 @@ def domain_classifier(state: dict, x: np.ndarray, *, margin: float = 0.05, folds
     from scipy.stats import norm
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(seed)
     window = x[rng.choice(len(x), most, replace=False)] if len(x) > most else x
@@ -392,9 +395,11 @@ def domain_classifier(state: dict, x: np.ndarray, *, margin: float = 0.05, folds
         reference = reference[rng.choice(len(reference), max(2 * len(window), 500), replace=False)]
     data, labels = np.vstack([reference, window]), np.r_[np.zeros(len(reference)), np.ones(len(window))]
     held_out = np.empty(len(labels))
-    for fit_rows, rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(data, labels):
-        model = HistGradientBoostingClassifier(max_iter=40, random_state=seed).fit(data[fit_rows], labels[fit_rows])
-        held_out[rows] = model.predict_proba(data[rows])[:, 1]
+    with threadpool_limits(1):  # small fits: OpenMP threads only wait on each other, badly so on a busy machine
+        for fit_rows, rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(data, labels):
+            model = HistGradientBoostingClassifier(max_iter=20, max_leaf_nodes=8, max_bins=32,  # a few per window
+                                                   random_state=seed).fit(data[fit_rows], labels[fit_rows])
+            held_out[rows] = model.predict_proba(data[rows])[:, 1]
     auroc = point_metric("auroc", labels, held_out)
     n1, n0 = len(window), len(reference)  # Hanley and McNeil's standard error of an AUROC
     q1, q2 = auroc / (2 - auroc), 2 * auroc ** 2 / (1 + auroc)

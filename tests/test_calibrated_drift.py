@@ -163,11 +163,11 @@ def test_the_multivariate_detectors_stay_quiet_without_drift_and_fire_on_a_shift
     model = study_model(data.iloc[:4000], 0)
     state = fit_multivariate(model, data.iloc[:6000])
     quiet = {"reconstruction": 0, "domain": 0}
-    for k in range(20):  # windows of the same population
+    for k in range(12):  # windows of the same population
         x = multivariate_matrix(model.features(data.iloc[6000 + 500 * k:6500 + 500 * k]), state["names"])
         quiet["reconstruction"] += reconstruction_signal(state, x)["breached"]
         quiet["domain"] += domain_classifier(state, x, seed=k)["breached"]
-    assert quiet["reconstruction"] <= 2 and quiet["domain"] <= 2, quiet
+    assert quiet["reconstruction"] <= 1 and quiet["domain"] <= 1, quiet
     moved = data.iloc[6000:6500].assign(num_0=lambda d: d["num_0"] + d["num_0"].std())
     x = multivariate_matrix(model.features(moved), state["names"])
     assert reconstruction_signal(state, x)["breached"] and domain_classifier(state, x)["breached"]
