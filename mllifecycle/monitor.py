@@ -392,7 +392,8 @@ def domain_classifier(state: dict, x: np.ndarray, *, margin: float = 0.05, folds
     window = x[rng.choice(len(x), most, replace=False)] if len(x) > most else x
     reference = state["rows"]
     if len(reference) > 2 * len(window):  # twice the window's rows: enough to tell them apart, and cheaper
-        reference = reference[rng.choice(len(reference), max(2 * len(window), 500), replace=False)]
+        reference = reference[rng.choice(len(reference), min(len(reference), max(2 * len(window), 500)),
+                                         replace=False)]
     data, labels = np.vstack([reference, window]), np.r_[np.zeros(len(reference)), np.ones(len(window))]
     held_out = np.empty(len(labels))
     with threadpool_limits(1):  # small fits: OpenMP threads only wait on each other, badly so on a busy machine
