@@ -35,14 +35,14 @@ __all__ = ['CBPE_DRAWS', 'DLE_FOLDS', 'MULTIVARIATE_ROWS', 'SIGNALS', 'SIGNAL_CO
            'system_metrics', 'process_memory', 'drift_columns', 'metric_value', 'answered_values', 'answer_errors',
            'adwin_changes_with', 'adwin_changes', 'fit_calibration', 'cbpe', 'cbpe_band', 'metric_interval', 'beyond',
            'subset_features', 'loss_inputs', 'fit_loss_model', 'dle', 'study_model', 'multivariate_names',
-           'multivariate_matrix', 'fit_multivariate', 'reconstruction_errors', 'reconstruction_signal',
-           'domain_classifier', 'ModelReference', 'model_reference', 'save_reference', 'load_reference', 'raise_alerts',
-           'MonitorParams', 'Monitored', 'join_labels', 'monitored_rows', 'MonitorResult', 'Promotion', 'Watch',
-           'measure', 'labels_arrived', 'labelled_rows', 'judge_promotion', 'retrain_window', 'monitor_windows',
-           'plot_drift', 'plot_performance', 'cumulative_metric', 'plot_comparison', 'headline', 'write_monitoring',
-           'reference_run', 'seasonal_from_run', 'rollback_from_log', 'monitor_log', 'detector_breaches',
-           'detector_study', 'StageModel', 'stage_model', 'replay_registry', 'stage_labels', 'MonitorStageResult',
-           'serving_figures', 'monitor_stage']
+           'multivariate_matrix', 'fit_multivariate', 'domain_baseline', 'reconstruction_errors',
+           'reconstruction_signal', 'domain_classifier', 'ModelReference', 'model_reference', 'save_reference',
+           'load_reference', 'raise_alerts', 'MonitorParams', 'Monitored', 'join_labels', 'monitored_rows',
+           'MonitorResult', 'Promotion', 'Watch', 'measure', 'labels_arrived', 'labelled_rows', 'judge_promotion',
+           'retrain_window', 'monitor_windows', 'plot_drift', 'plot_performance', 'cumulative_metric',
+           'plot_comparison', 'headline', 'write_monitoring', 'reference_run', 'seasonal_from_run', 'rollback_from_log',
+           'monitor_log', 'detector_breaches', 'detector_study', 'StageModel', 'stage_model', 'replay_registry',
+           'stage_labels', 'MonitorStageResult', 'serving_figures', 'monitor_stage']
 
 # %% ../nbs/05_monitor.ipynb #8085657e
 class MonitorError(MLLifecycleError):
@@ -348,8 +348,9 @@ def multivariate_matrix(features, names: list[str]) -> np.ndarray:
 
 
 def fit_multivariate(predictor: Predictor, train: pd.DataFrame, seasonal=(), *, seed: int = 0,
-                     variance: float = 0.65) -> dict | None:
-    "Fit the reconstruction detector on a training sample (errors of held-out rows as its reference) and keep rows for the domain classifier."
+                     variance: float = 0.65, window: str | None = None,  # the monitoring window (domain baseline)
+                     margin: float = 0.05) -> dict | None:
+    "Fit the reconstruction detector on a training sample (errors of held-out rows as its reference), keep rows for the domain classifier, and set its threshold from training windows."
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
@@ -364,7 +365,31 @@ def fit_multivariate(predictor: Predictor, train: pd.DataFrame, seasonal=(), *, 
     pca = PCA(n_components=variance, svd_solver="full").fit(scaler.transform(x[fit_rows]))
     state = {"names": names, "scaler": scaler, "pca": pca, "rows": x}
     state["errors"] = reconstruction_errors(state, x[~fit_rows])
+    state["domain_threshold"] = domain_baseline(state, predictor, train, window, seed=seed) + margin
     return state
+
+
+def domain_baseline(state: dict, predictor: Predictor, train: pd.DataFrame, window: str | None, *, seed: int = 0,
+                    chunks: int = 4) -> float:
+    "The domain classifier's AUROC under no drift: up to `chunks` training windows, each against the other training rows."
+    time_column = predictor.schema.time_column
+    if window is None or time_column not in train:
+        return 0.5
+    stamps = pd.to_datetime(train[time_column], utc=True)
+    periods = stamps.dt.floor(pd.Timedelta(window)) if pd.Timedelta(window) <= pd.Timedelta("1D") else \
+        ((stamps - stamps.min()) // pd.Timedelta(window))
+    counts = periods.value_counts()
+    full = counts[counts >= max(50, counts.median() / 2)].index.sort_values()  # windows with their usual rows
+    if len(full) < 3:
+        return 0.5
+    found = []
+    for period in full[np.linspace(0, len(full) - 1, min(chunks, len(full))).round().astype(int)]:
+        inside = (periods == period).to_numpy()
+        rows = predictor.features(train[inside])
+        others = train[~inside].sample(min(int((~inside).sum()), MULTIVARIATE_ROWS), random_state=seed)
+        alone = {**state, "rows": multivariate_matrix(predictor.features(others), state["names"])}
+        found.append(domain_classifier(alone, multivariate_matrix(rows, state["names"]), seed=seed)["value"])
+    return float(max(0.5, np.mean(found) + 3 * np.std(found)))
 
 
 def reconstruction_errors(state: dict, x: np.ndarray) -> np.ndarray:
@@ -381,7 +406,7 @@ def reconstruction_signal(state: dict, x: np.ndarray, sigmas: float = 3.0) -> di
 
 
 def domain_classifier(state: dict, x: np.ndarray, *, margin: float = 0.05, folds: int = 3, seed: int = 0,
-                      most: int = 20_000) -> dict:
+                      most: int = 20_000) -> dict:  # margin: over 0.5 when the state has no baseline of its own
     "How well training rows and the window's rows can be told apart: cross-validated AUROC with its interval (Hanley–McNeil)."
     from scipy.stats import norm
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -406,8 +431,9 @@ def domain_classifier(state: dict, x: np.ndarray, *, margin: float = 0.05, folds
     q1, q2 = auroc / (2 - auroc), 2 * auroc ** 2 / (1 + auroc)
     se = np.sqrt(max(auroc * (1 - auroc) + (n1 - 1) * (q1 - auroc ** 2) + (n0 - 1) * (q2 - auroc ** 2), 0) / (n1 * n0))
     low, high = auroc - norm.ppf(0.975) * se, auroc + norm.ppf(0.975) * se
-    return {"value": float(auroc), "low": float(low), "high": float(high), "threshold": 0.5 + margin,
-            "breached": bool(low > 0.5 + margin)}
+    threshold = state.get("domain_threshold", 0.5 + margin)
+    return {"value": float(auroc), "low": float(low), "high": float(high), "threshold": float(threshold),
+            "breached": bool(low > threshold)}
 
 # %% ../nbs/05_monitor.ipynb #b3ac724f
 @dataclass
@@ -433,6 +459,8 @@ def model_reference(predictor: Predictor,  # the monitored model
                     exclude: list[str] | None = None,  # columns left out of data drift
                     seasonal: list[str] | tuple = (),  # columns that move with time by design (left out of the multivariate detectors)
                     seed: int = 0,
+                    window: str | None = None,  # the monitoring window: the domain classifier's baseline is set at its length
+                    domain_margin: float = 0.05,
                    ) -> ModelReference:
     "Profile the training inputs, and score the validation rows once: output profile, metric, CBPE calibration or DLE, multivariate detectors."
     thresholds = thresholds or DriftThresholds()
@@ -452,7 +480,7 @@ def model_reference(predictor: Predictor,  # the monitored model
     calibration = fit_calibration(scores[known], target[known]) if predictor.kind == "binary" else None
     loss = fit_loss_model(predictor, subset_features(features, known), scores[known], target[known], seed=seed)
     estimate = loss["reference_estimate"].get(metric, np.nan) if loss else cbpe(predictor, metric, scores[known], calibration)
-    multivariate = fit_multivariate(predictor, train, seasonal, seed=seed)
+    multivariate = fit_multivariate(predictor, train, seasonal, seed=seed, window=window, margin=domain_margin)
     return ModelReference(inputs, outputs, metric, metric_value(predictor, metric, target[known], scores[known]),
                           estimate, calibration, predictor.version, loss, multivariate)
 
@@ -506,7 +534,7 @@ class MonitorParams(DriftThresholds):
     adwin_delta: float = 0.002  # ADWIN's confidence on the error stream (smaller: fewer, surer detections)
     max_p99_ms: float | None = None  # a latency signal breaches when a window's p99 exceeds this (None: no latency signal)
     multivariate: bool = True  # the multivariate detectors: PCA reconstruction error and a domain classifier
-    domain_margin: float = 0.05  # the domain classifier breaches when its AUROC's interval lies above 0.5 + this
+    domain_margin: float = 0.05  # the domain classifier breaches when its AUROC's interval lies this far above training windows' own
     exclude_columns: list = field(default_factory=list)  # input columns left out of data drift
     retrain: bool = True  # retrain when an alert of `retrain_on` fires (the stage's replay uses a registry of its own)
     retrain_on: list = field(default_factory=lambda: ["performance", "estimated_performance", "error_rate"])  # signals whose alerts retrain
@@ -755,7 +783,7 @@ def measure(watch: Watch, w: dict):
     if params.multivariate and watch.model_ref.multivariate is not None:
         x = multivariate_matrix(features, watch.model_ref.multivariate["names"])
         rebuilt = reconstruction_signal(watch.model_ref.multivariate, x)
-        domain = domain_classifier(watch.model_ref.multivariate, x, margin=params.domain_margin, seed=params.seed)
+        domain = domain_classifier(watch.model_ref.multivariate, x, seed=params.seed)
         entry.update(reconstruction_error=rebuilt["value"], reconstruction_threshold=rebuilt["threshold"],
                      domain_auroc=domain["value"], domain_auroc_low=domain["low"], domain_auroc_high=domain["high"])
         watch.signals.append(_signal(w, "multivariate_drift", breached=rebuilt["breached"], value=rebuilt["value"],
@@ -834,7 +862,8 @@ def retrain_window(watch: Watch, w: dict | None, trigger: dict, champion: Predic
     if challenger is not None and watch.replay:  # later windows are answered by it; it is judged once it has served
         training, holdout = _holdout_split(rows, params.holdout_frac)
         new_ref = model_reference(challenger, training, holdout, watch.metric, thresholds=params.thresholds,
-                                  exclude=params.exclude_columns, seasonal=watch.seasonal, seed=params.seed)
+                                  exclude=params.exclude_columns, seasonal=watch.seasonal, seed=params.seed,
+                                  window=params.window, domain_margin=params.domain_margin)
         watch.promotion = Promotion(model=challenger, previous=watch.model, previous_reference=watch.model_ref,
                                     first_row=int(np.searchsorted(watch.stamps, _ns(end))))
         watch.model, watch.model_ref = challenger, new_ref
@@ -1091,7 +1120,8 @@ def monitor_log(params: MonitorParams,  # registry_dir, log_path and labels_path
     splits = {name: pd.read_parquet(source.artifact(f"data/{name}.parquet")) for name in ("train", "valid", "test")
               if source.exists(f"data/{name}.parquet")}  # a retraining run has train and valid (its holdout)
     reference = model_reference(predictor, splits["train"], splits["valid"], metric, thresholds=params.thresholds,
-                                exclude=params.exclude_columns, seasonal=seasonal_from_run(source), seed=params.seed)
+                                exclude=params.exclude_columns, seasonal=seasonal_from_run(source), seed=params.seed,
+                                window=params.window, domain_margin=params.domain_margin)
     labels = join_labels(log, load_table(params.labels_path), predictor.schema.target) if params.labels_path else None
     monitored = monitored_rows(log, predictor, labels, params.label_delay)
     run = open_run(run_dir, stage="monitor", params=asdict(params), seed=params.seed)
@@ -1279,7 +1309,8 @@ def monitor_stage(params: MonitorParams | None = None) -> MonitorStageResult:
     registry, predictor, metric = served.registry, served.predictor, served.metric
     splits = {name: pd.read_parquet(run.artifact(f"data/{name}.parquet")) for name in ("train", "valid", "test")}
     reference = model_reference(predictor, splits["train"], splits["valid"], metric, thresholds=params.thresholds,
-                                exclude=params.exclude_columns, seasonal=seasonal_from_run(run), seed=params.seed)
+                                exclude=params.exclude_columns, seasonal=seasonal_from_run(run), seed=params.seed,
+                                window=params.window, domain_margin=params.domain_margin)
     save_reference(run, reference)
     log = read_log(params.log_path or run.file("deploy/predictions.parquet"))
     monitored = monitored_rows(log, predictor, stage_labels(run, log, predictor.schema.target, params.labels_path),
