@@ -35,14 +35,14 @@ __all__ = ['CBPE_DRAWS', 'DLE_FOLDS', 'MULTIVARIATE_ROWS', 'SIGNALS', 'SIGNAL_CO
            'system_metrics', 'process_memory', 'drift_columns', 'metric_value', 'answered_values', 'answer_errors',
            'adwin_changes_with', 'adwin_changes', 'fit_calibration', 'cbpe', 'cbpe_band', 'metric_interval', 'beyond',
            'subset_features', 'loss_inputs', 'fit_loss_model', 'dle', 'study_model', 'multivariate_names',
-           'multivariate_matrix', 'fit_multivariate', 'domain_baseline', 'reconstruction_errors',
-           'reconstruction_signal', 'domain_classifier', 'ModelReference', 'model_reference', 'save_reference',
+           'multivariate_matrix', 'fit_multivariate', 'reconstruction_errors', 'reconstruction_signal',
+           'domain_classifier', 'domain_baseline', 'ModelReference', 'model_reference', 'save_reference',
            'load_reference', 'raise_alerts', 'MonitorParams', 'Monitored', 'join_labels', 'monitored_rows',
-           'MonitorResult', 'Promotion', 'Watch', 'measure', 'labels_arrived', 'labelled_rows', 'judge_promotion',
-           'retrain_window', 'monitor_windows', 'plot_drift', 'plot_performance', 'cumulative_metric',
-           'plot_comparison', 'headline', 'write_monitoring', 'reference_run', 'seasonal_from_run', 'rollback_from_log',
-           'monitor_log', 'detector_breaches', 'detector_study', 'StageModel', 'stage_model', 'replay_registry',
-           'stage_labels', 'MonitorStageResult', 'serving_figures', 'monitor_stage']
+           'MonitorResult', 'Promotion', 'Watch', 'multivariate_signals', 'measure', 'labels_arrived', 'labelled_rows',
+           'judge_promotion', 'retrain_window', 'monitor_windows', 'plot_drift', 'plot_performance',
+           'cumulative_metric', 'plot_comparison', 'headline', 'write_monitoring', 'reference_run', 'seasonal_from_run',
+           'rollback_from_log', 'monitor_log', 'detector_breaches', 'detector_study', 'StageModel', 'stage_model',
+           'replay_registry', 'stage_labels', 'MonitorStageResult', 'serving_figures', 'monitor_stage']
 
 # %% ../nbs/05_monitor.ipynb #8085657e
 class MonitorError(MLLifecycleError):
@@ -347,6 +347,7 @@ def multivariate_matrix(features, names: list[str]) -> np.ndarray:
     return np.hstack([features.numeric[:, index].astype("float32"), *onehots])
 
 
+# %% ../nbs/05_monitor.ipynb #1f37eedb
 def fit_multivariate(predictor: Predictor, train: pd.DataFrame, seasonal=(), *, seed: int = 0,
                      variance: float = 0.65, window: str | None = None,  # the monitoring window (domain baseline)
                      margin: float = 0.05) -> dict | None:
@@ -369,29 +370,6 @@ def fit_multivariate(predictor: Predictor, train: pd.DataFrame, seasonal=(), *, 
     return state
 
 
-def domain_baseline(state: dict, predictor: Predictor, train: pd.DataFrame, window: str | None, *, seed: int = 0,
-                    chunks: int = 4) -> float:
-    "The domain classifier's AUROC under no drift: up to `chunks` training windows, each against the other training rows."
-    time_column = predictor.schema.time_column
-    if window is None or time_column not in train:
-        return 0.5
-    stamps = pd.to_datetime(train[time_column], utc=True)
-    periods = stamps.dt.floor(pd.Timedelta(window)) if pd.Timedelta(window) <= pd.Timedelta("1D") else \
-        ((stamps - stamps.min()) // pd.Timedelta(window))
-    counts = periods.value_counts()
-    full = counts[counts >= max(50, counts.median() / 2)].index.sort_values()  # windows with their usual rows
-    if len(full) < 3:
-        return 0.5
-    found = []
-    for period in full[np.linspace(0, len(full) - 1, min(chunks, len(full))).round().astype(int)]:
-        inside = (periods == period).to_numpy()
-        rows = predictor.features(train[inside])
-        others = train[~inside].sample(min(int((~inside).sum()), MULTIVARIATE_ROWS), random_state=seed)
-        alone = {**state, "rows": multivariate_matrix(predictor.features(others), state["names"])}
-        found.append(domain_classifier(alone, multivariate_matrix(rows, state["names"]), seed=seed)["value"])
-    return float(max(0.5, np.mean(found) + 3 * np.std(found)))
-
-
 def reconstruction_errors(state: dict, x: np.ndarray) -> np.ndarray:
     "Each row's distance to its PCA reconstruction (in standardised units)."
     z = state["scaler"].transform(x)
@@ -405,6 +383,7 @@ def reconstruction_signal(state: dict, x: np.ndarray, sigmas: float = 3.0) -> di
     return {"value": float(errors.mean()), "threshold": threshold, "breached": bool(errors.mean() > threshold)}
 
 
+# %% ../nbs/05_monitor.ipynb #f4444489
 def domain_classifier(state: dict, x: np.ndarray, *, margin: float = 0.05, folds: int = 3, seed: int = 0,
                       most: int = 20_000) -> dict:  # margin: over 0.5 when the state has no baseline of its own
     "How well training rows and the window's rows can be told apart: cross-validated AUROC with its interval (Hanley–McNeil)."
@@ -434,6 +413,30 @@ def domain_classifier(state: dict, x: np.ndarray, *, margin: float = 0.05, folds
     threshold = state.get("domain_threshold", 0.5 + margin)
     return {"value": float(auroc), "low": float(low), "high": float(high), "threshold": float(threshold),
             "breached": bool(low > threshold)}
+
+
+def domain_baseline(state: dict, predictor: Predictor, train: pd.DataFrame, window: str | None, *, seed: int = 0,
+                    chunks: int = 4) -> float:
+    "The domain classifier's AUROC under no drift: up to `chunks` training windows, each against the other training rows."
+    time_column = predictor.schema.time_column
+    if window is None or time_column not in train:
+        return 0.5
+    stamps = pd.to_datetime(train[time_column], utc=True)
+    periods = stamps.dt.floor(pd.Timedelta(window)) if pd.Timedelta(window) <= pd.Timedelta("1D") else \
+        ((stamps - stamps.min()) // pd.Timedelta(window))
+    counts = periods.value_counts()
+    full = counts[counts >= max(50, counts.median() / 2)].index.sort_values()  # windows with their usual rows
+    if len(full) < 3:
+        return 0.5
+    found = []
+    for period in full[np.linspace(0, len(full) - 1, min(chunks, len(full))).round().astype(int)]:
+        inside = (periods == period).to_numpy()
+        rows = predictor.features(train[inside])
+        others = train[~inside].sample(min(int((~inside).sum()), MULTIVARIATE_ROWS), random_state=seed)
+        alone = {**state, "rows": multivariate_matrix(predictor.features(others), state["names"])}
+        found.append(domain_classifier(alone, multivariate_matrix(rows, state["names"]), seed=seed)["value"])
+    return float(max(0.5, np.mean(found) + 3 * np.std(found)))
+
 
 # %% ../nbs/05_monitor.ipynb #b3ac724f
 @dataclass
@@ -732,6 +735,20 @@ class Watch:
                              decided_served=self.decided, shadow=shadow, seasonal=self.seasonal)
 
 # %% ../nbs/05_monitor.ipynb #3d5a62c4
+def multivariate_signals(watch: Watch, w: dict, features, entry: dict):
+    "A window's multivariate figures (into its `entry`) and signals: reconstruction error and the domain classifier."
+    state = watch.model_ref.multivariate
+    x = multivariate_matrix(features, state["names"])
+    rebuilt, domain = reconstruction_signal(state, x), domain_classifier(state, x, seed=watch.params.seed)
+    entry.update(reconstruction_error=rebuilt["value"], reconstruction_threshold=rebuilt["threshold"],
+                 domain_auroc=domain["value"], domain_auroc_low=domain["low"], domain_auroc_high=domain["high"])
+    watch.signals.append(_signal(w, "multivariate_drift", breached=rebuilt["breached"], value=rebuilt["value"],
+                                 threshold=rebuilt["threshold"], statistic="PCA reconstruction error"))
+    watch.signals.append(_signal(w, "domain_classifier", breached=domain["breached"], value=domain["value"],
+                                 threshold=domain["threshold"], interval=[domain["low"], domain["high"]],
+                                 statistic="domain classifier AUROC (its interval's low end)"))
+
+
 def measure(watch: Watch, w: dict):
     "A window's figures without labels: data drift, prediction drift, the CBPE estimate (and latency); its signals."
     rows, params, model, metric = w["rows"], watch.params, watch.model, watch.metric
@@ -781,16 +798,7 @@ def measure(watch: Watch, w: dict):
                                  value=entry["estimate"], threshold=low, band=list(band),
                                  statistic=f"{'DLE' if watch.model_ref.loss else 'CBPE'} {metric} (its band's best end)"))
     if params.multivariate and watch.model_ref.multivariate is not None:
-        x = multivariate_matrix(features, watch.model_ref.multivariate["names"])
-        rebuilt = reconstruction_signal(watch.model_ref.multivariate, x)
-        domain = domain_classifier(watch.model_ref.multivariate, x, seed=params.seed)
-        entry.update(reconstruction_error=rebuilt["value"], reconstruction_threshold=rebuilt["threshold"],
-                     domain_auroc=domain["value"], domain_auroc_low=domain["low"], domain_auroc_high=domain["high"])
-        watch.signals.append(_signal(w, "multivariate_drift", breached=rebuilt["breached"], value=rebuilt["value"],
-                                     threshold=rebuilt["threshold"], statistic="PCA reconstruction error"))
-        watch.signals.append(_signal(w, "domain_classifier", breached=domain["breached"], value=domain["value"],
-                                     threshold=domain["threshold"], interval=[domain["low"], domain["high"]],
-                                     statistic="domain classifier AUROC (its interval's low end)"))
+        multivariate_signals(watch, w, features, entry)
     if params.max_p99_ms is not None and "latency_ms" in part:
         p99 = float(np.percentile(part.groupby("request_id")["latency_ms"].first(), 99))
         watch.signals.append(_signal(w, "latency", breached=p99 > params.max_p99_ms, value=p99,

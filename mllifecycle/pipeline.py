@@ -21,10 +21,11 @@ from typing import Any, Callable, Sequence
 from .core import MLLifecycleError, ParamError, new_run_id, package_dir, parameter_defaults, write_json
 
 # %% auto #0
-__all__ = ['STAGE_PARAMS', 'PARAMS_FILE_HEADER', 'RUN_STATES', 'PipelineError', 'Stage', 'notebooks_dir', 'find_stages',
-           'is_exported', 'job_notebook', 'parse_value', 'load_params_file', 'stage_params_class', 'RunParams',
-           'check_stage_params', 'default_registry', 'resolve_params', 'params_yaml', 'run_stage', 'select_stages',
-           'earlier_record', 'RunPlan', 'plan_run', 'record_state', 'execute_stages', 'run_pipeline']
+__all__ = ['STAGE_PARAMS', 'PARAMS_FILE_HEADER', 'SHUTDOWN_NOISE', 'RUN_STATES', 'PipelineError', 'Stage', 'notebooks_dir',
+           'find_stages', 'is_exported', 'job_notebook', 'parse_value', 'load_params_file', 'stage_params_class',
+           'RunParams', 'check_stage_params', 'default_registry', 'resolve_params', 'params_yaml',
+           'drop_shutdown_noise', 'run_stage', 'select_stages', 'earlier_record', 'RunPlan', 'plan_run', 'record_state',
+           'execute_stages', 'run_pipeline']
 
 # %% ../nbs/07_pipeline.ipynb #50b3352d
 class PipelineError(MLLifecycleError):
@@ -255,6 +256,19 @@ def _kernel_manager(log_path: Path):
 
     return LoggedKernelManager
 
+
+SHUTDOWN_NOISE = ("KeyboardInterrupt caught in kernel",)  # jupyter_client interrupts a kernel before shutting it down
+
+
+def drop_shutdown_noise(log_path: Path):
+    "Remove from a kernel's log the lines its shutdown wrote: jupyter_client interrupts every kernel before shutting it down, and a kernel still finishing its last reply (on a busy machine) logs the interrupt."
+    if not log_path.exists():
+        return
+    lines = log_path.read_text(errors="replace").splitlines(keepends=True)
+    kept = [line for line in lines if not any(noise in line for noise in SHUTDOWN_NOISE)]
+    if len(kept) != len(lines):
+        log_path.write_text("".join(kept))
+
 # %% ../nbs/07_pipeline.ipynb #a695b786
 def run_stage(stage: Stage,  # the stage to run
               params: dict[str, Any],  # the run's resolved parameters (each stage takes the ones it declares)
@@ -283,6 +297,7 @@ def run_stage(stage: Stage,  # the stage to run
         entry.update(status="failed", error=f"{e.ename}: {e.evalue}")
     except Exception as e:  # the kernel could not start, died, or timed out
         entry.update(status="failed", error=f"{type(e).__name__}: {e} (the notebook could not run)")
+    drop_shutdown_noise(log)
     if log.exists() and log.stat().st_size > 0:
         entry["log"] = str(log.relative_to(run_path))
     else:  # nothing said: no empty file, and no empty folder
