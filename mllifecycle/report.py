@@ -221,7 +221,7 @@ def monitoring_section(run_path: Path) -> str | None:
                ) if "verdict" in headline else performance.get("note") or ""
     return section("Monitoring", "monitoring", f'<p class="headline">{html.escape(verdict)}</p>' if verdict else "",
                    paragraph(f"data drift decided by the {rule} rule; Evidently's rule on the same statistics beside it; "
-                             "seasonal columns (calendar parts of the time column) are reported apart and left out of "
+                             "seasonal columns (those that move with the calendar) are reported apart and left out of "
                              "the share") if windows else "",
                    table(windows, ["window", "start", "rows", f"drifted share ({rule})", "drifted share (Evidently)",
                                    "seasonal drifted", f"estimated {metric} [band]", f"{metric} without retraining",
