@@ -28,7 +28,7 @@ from .retrain import (
     RETRAIN_BOOTSTRAP, paired_gain, retrain_and_decide, rollback_if_worse, shadow_comparison)
 from .serve import fetch_metrics, server_figures
 from .train import DEFAULT_EPOCHS, METRICS, TASK_METRICS, task_decisions
-from .validate import per_row_metric, point_metric
+from .validate import paired_bootstrap, per_row_metric, point_metric
 
 # %% auto #0
 __all__ = ['CBPE_DRAWS', 'DLE_FOLDS', 'MULTIVARIATE_ROWS', 'SIGNALS', 'SIGNAL_COLORS', 'DETECTORS', 'MonitorError', 'log_windows',
@@ -233,8 +233,6 @@ def metric_interval(predictor: Predictor, metric: str, target: np.ndarray, score
                     confidence: float = 0.95, n_bootstrap: int = RETRAIN_BOOTSTRAP, seed: int = 0,
                    ) -> tuple[float, float]:  # (low, high); NaN when the rows cannot give one
     "The bootstrap interval of a window's realised metric on its labelled rows."
-    from mllifecycle.validate import paired_bootstrap
-
     nan = (float("nan"), float("nan"))
     if len(target) < 2 or metric not in ("auroc", "accuracy", "rmse", "mae", "r2") \
             or (metric == "auroc" and np.ndim(scores) > 1):
