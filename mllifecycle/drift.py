@@ -20,8 +20,8 @@ __all__ = ['DRIFT_RULES', 'MISSING', 'UNSEEN', 'PROFILE_FORMAT', 'PSI_FLOOR', 'K
            'MIN_EXPECTED', 'DriftError', 'DriftThresholds', 'ReferenceProfile', 'reference_profile', 'save_profile',
            'load_profile', 'psi', 'numeric_statistics', 'category_counts', 'categorical_statistics',
            'calibration_cells', 'category_cells', 'ks_over_cells', 'chi2_over_cells', 'no_drift_statistics',
-           'calibrated_p_value', 'large_counts', 'calibrated_test', 'evidently_verdicts', 'calibrated_verdicts',
-           'decide', 'window_drift', 'dataset_drift']
+           'calibrated_p_value', 'large_counts', 'calibrated_test', 'bh_adjusted', 'evidently_verdicts',
+           'calibrated_verdicts', 'decide', 'window_drift', 'dataset_drift']
 
 # %% ../nbs/05_drift.ipynb #a7529be1
 class DriftError(MLLifecycleError):
@@ -409,21 +409,27 @@ def _column_row(profile: ReferenceProfile, name: str, values: pd.Series, thresho
             **(calibrated_test(profile, name, values, thresholds) if thresholds.rule == "calibrated" else {})}
 
 # %% ../nbs/05_drift.ipynb #68ae898d
-def evidently_verdicts(table: pd.DataFrame, reference_rows: int, thresholds: DriftThresholds) -> pd.DataFrame:
-    "Evidently's rule: p-value tests (KS, chi²; BH) for a small reference, fixed distance cut-offs for a larger one."
+def bh_adjusted(p_values: np.ndarray) -> np.ndarray:
+    "Benjamini–Hochberg-adjusted p-values across a window's columns (NaN stays NaN: a column with no test)."
     from scipy.stats import false_discovery_control
 
+    raw = np.asarray(p_values, "float64")
+    adjusted = np.full(len(raw), np.nan)
+    usable = ~np.isnan(raw)
+    if usable.any():
+        adjusted[usable] = false_discovery_control(raw[usable], method="bh")
+    return adjusted
+
+
+def evidently_verdicts(table: pd.DataFrame, reference_rows: int, thresholds: DriftThresholds) -> pd.DataFrame:
+    "Evidently's rule: p-value tests (KS, chi²; BH) for a small reference, fixed distance cut-offs for a larger one."
     numeric = table["kind"] == "numeric"
     verdicts = pd.DataFrame(index=table.index)
     if reference_rows <= thresholds.small_reference:
         verdicts["test"] = np.where(numeric, "ks", "chi2")
         verdicts["statistic"] = np.where(numeric, table.get("ks"), table.get("chi2"))
         raw = np.where(numeric, table.get("ks_p"), table.get("chi2_p")).astype("float64")
-        adjusted = np.full(len(table), np.nan)
-        usable = ~np.isnan(raw)
-        if usable.any():
-            adjusted[usable] = false_discovery_control(raw[usable], method="bh")
-        verdicts["p_value"], verdicts["p_adjusted"] = raw, adjusted
+        verdicts["p_value"], verdicts["p_adjusted"] = raw, bh_adjusted(raw)
         verdicts["threshold"] = thresholds.p_value
         verdicts["drifted"] = verdicts["p_adjusted"] < thresholds.p_value
     else:
@@ -436,13 +442,8 @@ def evidently_verdicts(table: pd.DataFrame, reference_rows: int, thresholds: Dri
 
 def calibrated_verdicts(table: pd.DataFrame, thresholds: DriftThresholds) -> pd.DataFrame:
     "The calibrated rule: each column's calibrated p-value, Benjamini–Hochberg across the window's columns."
-    from scipy.stats import false_discovery_control
-
     raw = table["calibrated_p"].to_numpy("float64")
-    adjusted = np.full(len(table), np.nan)
-    usable = ~np.isnan(raw)
-    if usable.any():
-        adjusted[usable] = false_discovery_control(raw[usable], method="bh")
+    adjusted = bh_adjusted(raw)
     return pd.DataFrame({"test": table["calibrated_test"], "statistic": table["calibrated_statistic"],
                          "p_value": raw, "p_adjusted": adjusted, "threshold": thresholds.p_value,
                          "drifted": adjusted < thresholds.p_value}, index=table.index)
