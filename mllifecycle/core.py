@@ -27,12 +27,13 @@ import numpy as np
 from filelock import FileLock
 
 # %% auto #0
-__all__ = ['TRACKED_PACKAGES', 'CHECKSUMS', 'MLLifecycleError', 'ParamError', 'ArtifactError', 'atomic_path', 'atomic_write_text',
-           'to_jsonable', 'json_text', 'write_json', 'read_json', 'update_json', 'file_sha256', 'check_integer',
-           'check_number', 'check_choice', 'check_bool', 'check_names', 'check_mapping', 'parameter_help',
-           'parameter_defaults', 'parameters_cell', 'parameters_from', 'check_seed', 'seed_everything', 'choose_device',
-           'package_versions', 'package_dir', 'git_commit', 'capture_env', 'torch_env', 'verify_checksum', 'Run',
-           'new_run_id', 'open_run', 'missing_stage', 'save_figure']
+__all__ = ['TRACKED_PACKAGES', 'CHECKSUMS', 'ENGINES', 'MLLifecycleError', 'ParamError', 'ArtifactError', 'atomic_path',
+           'atomic_write_text', 'to_jsonable', 'json_text', 'write_json', 'read_json', 'update_json', 'file_sha256',
+           'check_integer', 'check_number', 'check_choice', 'check_bool', 'check_names', 'check_mapping',
+           'parameter_help', 'parameter_defaults', 'parameters_cell', 'parameters_from', 'check_seed',
+           'seed_everything', 'choose_device', 'package_versions', 'package_dir', 'git_commit', 'capture_env',
+           'torch_env', 'verify_checksum', 'Run', 'new_run_id', 'open_run', 'missing_stage', 'save_figure',
+           'EngineError', 'check_engine', 'local_workers', 'dask_client']
 
 # %% ../nbs/00_core.ipynb #22c21e48
 class MLLifecycleError(Exception):
@@ -486,3 +487,71 @@ def save_figure(run: Run,  # the run directory
     path = run.write_artifact(relpath, lambda p: figure.savefig(p, format="png", dpi=dpi))
     plt.close(figure)
     return path
+
+# %% ../nbs/00_core.ipynb #037ef23d
+ENGINES = ("local", "dask")  # where data-reading commands run: this process, or a Dask cluster
+
+
+class EngineError(MLLifecycleError):
+    "A Dask cluster cannot be started or reached: the scheduler address is named."
+
+
+def check_engine(engine: str,  # "local" or "dask"
+                 scheduler: str | None = None,  # a scheduler address, or "local:N"; None → local:<cores> on Dask
+                ) -> tuple[str, str | None]:  # (engine, scheduler)
+    "Check an engine setting: a scheduler only with the Dask engine, which defaults to a local cluster of one worker per core."
+    engine = check_choice("engine", engine, ENGINES)
+    if engine == "local":
+        if scheduler:
+            raise ParamError(f"scheduler {scheduler!r} needs engine 'dask' (--engine dask)")
+        return engine, None
+    scheduler = str(scheduler or f"local:{os.cpu_count() or 1}").strip()
+    if scheduler.startswith("local:"):
+        local_workers(scheduler)
+    elif "://" not in scheduler and ":" not in scheduler:
+        raise ParamError(f"scheduler must be an address such as tcp://host:8786 or local:N, got {scheduler!r}")
+    return engine, scheduler
+
+
+def local_workers(scheduler: str) -> int | None:
+    "`'local:N'` → N workers of a cluster on this machine; None for a running cluster's address."
+    if not scheduler.startswith("local:"):
+        return None
+    try:
+        return check_integer("local workers", int(scheduler.removeprefix("local:")))
+    except ValueError:
+        raise ParamError(f"scheduler local:N needs a whole number of workers, got {scheduler!r}") from None
+
+# %% ../nbs/00_core.ipynb #999d7c05
+@contextlib.contextmanager
+def dask_client(scheduler: str,  # a scheduler address, or "local:N"
+                *,
+                timeout: float = 10.0,  # seconds to reach a running scheduler
+                echo: Callable[[str], None] | None = print,  # where the dashboard's address goes (None: nowhere)
+               ) -> Iterator:
+    "A `distributed.Client` of a running cluster, or of a `LocalCluster` started (and stopped) for the caller."
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    workers, cluster = local_workers(scheduler), None
+    try:
+        if workers is not None:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+            client = Client(cluster)
+        else:
+            client = Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError) as e:
+        if cluster is not None:
+            cluster.close()
+        raise EngineError(f"cannot reach the Dask scheduler at {scheduler}: {str(e).splitlines()[0]}") from None
+    try:
+        if echo is not None:
+            count = len(client.scheduler_info().get("workers", {}))
+            echo(f"dask: {count} worker(s) at {client.scheduler.address}; dashboard {client.dashboard_link}")
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
