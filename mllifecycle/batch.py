@@ -5,13 +5,17 @@
 # %% ../nbs/04_batch.ipynb #86e4dd4b
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import glob
+import json
 import itertools
 import logging
 import os
 import queue
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -23,19 +27,23 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .core import ArtifactError, ParamError, check_integer
-from .data import DataError, Schema, check_expression
-from .registry import PREDICTION, Predictions, Predictor, probability_column
+from .core import (ArtifactError, ParamError, atomic_write_text, check_integer, file_sha256, read_json,
+                              write_json)
+from .data import (DATETIME_PARTS, MISSING, UNKNOWN, DataError, Features, Schema, check_expression,
+                              evaluate_expression, scale_numeric)
+from .registry import PREDICTION, Predictions, Predictor, RegistryReader, probability_column
 
 # %% auto #0
-__all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFIX', 'SHADOW_VERSION', 'LOG_TIME', 'BatchError',
-           'shadow_column', 'input_columns', 'output_fields', 'log_schema', 'log_timestamps', 'log_table',
-           'text_columns', 'LoggedBatch', 'logged_inputs', 'record_columns', 'no_answers', 'joined_answers',
-           'logged_table', 'write_log_part', 'PredictionLog', 'read_log', 'log_inputs', 'log_scores', 'output_values',
-           'parse_part', 'input_units', 'read_chunks', 'prefetch', 'in_order', 'score_chunk', 'temporary_output',
-           'remove_abandoned', 'predict_file']
+__all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFIX', 'SHADOW_VERSION', 'LOG_TIME', 'JOB_FILE',
+           'MANIFEST_FILE', 'BatchError', 'shadow_column', 'input_columns', 'output_fields', 'log_schema',
+           'log_timestamps', 'log_table', 'text_columns', 'LoggedBatch', 'logged_inputs', 'record_columns',
+           'no_answers', 'joined_answers', 'logged_table', 'write_log_part', 'PredictionLog', 'read_log', 'log_inputs',
+           'log_scores', 'output_values', 'parse_part', 'dataset_files', 'input_units', 'check_parts', 'read_chunks',
+           'prefetch', 'in_order', 'plain_numbers', 'arrow_codes', 'ArrowEncoder', 'chunk_column', 'score_chunk',
+           'temporary_output', 'remove_abandoned', 'math_threads', 'read_columns', 'predict_file']
 
 # %% ../nbs/04_batch.ipynb #591b51cb
 class BatchError(DataError):
@@ -93,9 +101,11 @@ def log_schema(predictor: Predictor,  # the model whose answers are logged
     return pa.schema(fields, metadata={k: str(v) for k, v in metadata.items()})
 
 # %% ../nbs/04_batch.ipynb #b22f5558
-def _values(inputs: pd.DataFrame | list[dict] | dict, name: str) -> Any:
-    "The values of log column `name` (an `input.` or `key.` column) from a frame, records, or columns."
+def _values(inputs: pd.DataFrame | pa.RecordBatch | list[dict] | dict, name: str) -> Any:
+    "The values of log column `name` (an `input.` or `key.` column) from a frame, Arrow columns, records, or columns."
     name = name.removeprefix(INPUT_PREFIX) if name.startswith(INPUT_PREFIX) else name.removeprefix(KEY_PREFIX)
+    if isinstance(inputs, pa.RecordBatch):
+        return inputs.column(name) if name in inputs.schema.names else pa.nulls(inputs.num_rows)
     if isinstance(inputs, pd.DataFrame):
         return inputs[name] if name in inputs else pd.Series([None] * len(inputs), dtype=object)
     if isinstance(inputs, dict):  # columns already
@@ -160,7 +170,7 @@ def _as_array(values: Any, kind: pa.DataType) -> pa.Array:
 
 # %% ../nbs/04_batch.ipynb #46bb0d0d
 def log_table(schema: pa.Schema,  # from `log_schema`
-              inputs: pd.DataFrame | list[dict] | dict,  # the rows scored: a frame, records, or name → column
+              inputs: pd.DataFrame | pa.RecordBatch | list[dict] | dict,  # the rows scored: a frame, Arrow, records, columns
               predictions: Predictions,  # their answers
               *,
               request_id: str | list[str],  # one id for all rows, or one per row
@@ -353,11 +363,17 @@ class PredictionLog:
             self._thread.join()
 
 # %% ../nbs/04_batch.ipynb #c9b149d5
+JOB_FILE, MANIFEST_FILE = "_job.json", "_manifest.json"  # a batch job's folder: what it is, and that it finished
+
+
 def read_log(path: str | Path) -> pd.DataFrame:
-    "A prediction log as one frame: a Parquet file, or a folder of part files (a server's log, batch outputs)."
+    "A prediction log as one frame: a Parquet file, or a folder of part files (a server's log, a batch job's parts)."
     path = Path(path).expanduser()
     if not path.exists():
         raise ArtifactError(f"prediction log {path} does not exist")
+    if path.is_dir() and (path / JOB_FILE).exists() and not (path / MANIFEST_FILE).exists():
+        raise ArtifactError(f"the batch job writing {path} has not finished (no {MANIFEST_FILE}): run it again to "
+                            "finish it")
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
         raise ArtifactError(f"prediction log folder {path} holds no .parquet part files")
@@ -408,19 +424,32 @@ def parse_part(part: str | tuple[int, int]) -> tuple[int, int]:
     return index, count
 
 # %% ../nbs/04_batch.ipynb #0d33c593
-def input_units(path: str | Path,  # a Parquet file, a folder of Parquet parts, or a CSV file
-                part: str | tuple[int, int] = "1/1",  # this process's share
-               ) -> list[tuple[Path, int | None, int]]:  # (file, row group or None for CSV, first row number)
-    "The units of work of a batch job — Parquet row groups or one CSV — with each unit's first row; this part's share."
-    path, (index, count) = Path(path).expanduser(), parse_part(part)
+def dataset_files(path: str | Path) -> list[Path]:
+    "The files of a dataset: one file, the `.parquet` parts of a folder, or the files a glob (`data/*.parquet`) names."
+    text = str(path)
+    path = Path(text).expanduser()
+    if not path.exists() and any(c in text for c in "*?["):
+        files = sorted(Path(f) for f in glob.glob(str(path)) if Path(f).is_file())
+        if not files:
+            raise BatchError(f"input {text} matches no file")
+        return files
     if not path.exists():
         raise BatchError(f"input {path} does not exist")
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
         raise BatchError(f"input folder {path} holds no .parquet files")
+    return files
+
+
+def input_units(path: str | Path,  # a Parquet file, a folder of Parquet parts, a glob of them, or a CSV file
+                part: str | tuple[int, int] = "1/1",  # this process's share
+               ) -> list[tuple[Path, int | None, int]]:  # (file, row group or None for CSV, first row number)
+    "The units of work of a batch job — Parquet row groups or one CSV — with each unit's first row; this part's share."
+    index, count = parse_part(part)
+    files = dataset_files(path)
     units, first = [], 0
     for file in files:
-        if file.suffix.lower() in (".csv", ".gz", ".txt") and not path.is_dir():
+        if file.suffix.lower() in (".csv", ".gz", ".txt") and len(files) == 1:
             units.append((file, None, 0))
             continue
         try:
@@ -432,13 +461,51 @@ def input_units(path: str | Path,  # a Parquet file, a folder of Parquet parts, 
             first += metadata.row_group(group).num_rows
     return units[index - 1::count]
 
+# %% ../nbs/04_batch.ipynb #54939a84
+def _column_family(kind: pa.DataType) -> str:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return "numbers"
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "text"
+    if pa.types.is_null(kind):
+        return "null"
+    return "timestamps" if pa.types.is_timestamp(kind) else str(kind)
+
+
+def check_parts(files: list[Path],  # the dataset's Parquet parts (`dataset_files`)
+                columns: list[str],  # the columns every part must hold
+               ) -> dict[str, str]:  # column → its kind
+    "Check that every part holds `columns`, each of one kind across parts; a `BatchError` names the part and column."
+    kinds, where = {}, {}
+    for file in files:
+        if file.suffix.lower() != ".parquet" and len(files) == 1:
+            return {}  # a CSV: its columns are checked chunk by chunk
+        try:
+            schema = pq.read_schema(file)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise BatchError(f"input part {file} is not a readable Parquet file: {str(e).splitlines()[0]}") from None
+        absent = [c for c in columns if c not in schema.names]
+        if absent:
+            raise BatchError(f"input part {file} lacks column(s) {absent} that the model reads")
+        for name in columns:
+            family = _column_family(schema.field(name).type)
+            if family == "null":
+                continue
+            if kinds.setdefault(name, family) != family:
+                raise BatchError(f"column {name!r} holds {family} in input part {file} but {kinds[name]} in "
+                                 f"{where[name]}: the parts have mixed schemas")
+            where.setdefault(name, file)
+    return kinds
+
 # %% ../nbs/04_batch.ipynb #b3916b7a
 def read_chunks(units: list[tuple[Path, int | None, int]],  # from `input_units`
                 columns: list[str],  # the columns to read (those present are read)
                 chunk_rows: int = 65536,  # rows per chunk
                 text_columns: list[str] = (),  # read as text from a CSV
-               ) -> Iterator[tuple[int, pd.DataFrame]]:  # (first row number, rows)
-    "Read the units as frames of at most `chunk_rows` rows, with each chunk's first row number."
+               ) -> Iterator[tuple[int, pd.DataFrame | pa.RecordBatch]]:  # (first row number, rows)
+    "Read the units in chunks of at most `chunk_rows` rows (Arrow batches from Parquet, frames from CSV), with each chunk's first row."
     for file, group, first in units:
         if group is None:
             try:
@@ -454,7 +521,7 @@ def read_chunks(units: list[tuple[Path, int | None, int]],  # from `input_units`
             parquet = pq.ParquetFile(file)
             present = [c for c in columns if c in parquet.schema_arrow.names]
             for batch in parquet.iter_batches(batch_size=chunk_rows, row_groups=[group], columns=present):
-                yield first, batch.to_pandas()
+                yield first, batch
                 first += batch.num_rows
         except (pa.ArrowInvalid, OSError) as e:
             raise BatchError(f"input {file} (row group {group}) cannot be read: {e}") from None
@@ -512,30 +579,121 @@ def in_order(score: Callable[[int, pd.DataFrame], Any],  # (first row, rows) →
         while pending:
             yield pending.popleft().result()
 
+# %% ../nbs/04_batch.ipynb #fed3ca08
+def plain_numbers(column: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    "A numeric Arrow column as float64 (nulls as NaN); None when it is not plain numbers (text, booleans, …)."
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        return None
+    values = column if pa.types.is_float64(column.type) else column.cast(pa.float64())
+    values = values.to_numpy(zero_copy_only=False) if isinstance(values, pa.Array) else values.to_numpy()
+    return values.astype("float64", copy=False)
+
+
+def arrow_codes(column: pa.Array, lookup: dict[str, int], folded: dict[str, int]) -> np.ndarray | None:
+    "`category_codes` of an Arrow text or integer column: each distinct value looked up once; None for other types."
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+            or pa.types.is_integer(column.type)):
+        return None
+    encoded = pc.dictionary_encode(column)
+    mapping = np.empty(len(encoded.dictionary) + 1, dtype=np.int64)
+    for i, value in enumerate(encoded.dictionary.to_pylist()):
+        text = str(value)
+        code = lookup.get(text)
+        mapping[i] = code if code is not None else folded.get(text.strip().casefold(), UNKNOWN)
+    mapping[-1] = MISSING  # a null's index, -1, takes the last slot
+    return mapping[encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)]
+
+# %% ../nbs/04_batch.ipynb #7a028e6c
+class ArrowEncoder:
+    "Arrow columns → the model's `Features`: the numbers `Predictor.features` gives, without building a frame."
+
+    def __init__(self, predictor: Predictor):
+        self.predictor, self.pipeline = predictor, predictor.pipeline
+        self.pipeline.check_fitted()
+        self.needed = [c.name for c in predictor.schema.columns.values() if c.role in ("feature", "time")]
+        self.used = sorted({n for e in self.pipeline.derived.values() for n in check_expression(e)})
+
+    def _numbers(self, batch: pa.RecordBatch) -> dict[str, np.ndarray] | None:
+        numbers = {}
+        for name in dict.fromkeys([*self.pipeline.numeric, *self.used]):
+            if name not in batch.schema.names and name not in self.pipeline.numeric:
+                continue  # a derived feature's column the rows lack: NaN, as on the frame path
+            values = plain_numbers(batch.column(name))
+            if values is None or np.isinf(values).any():
+                return None
+            numbers[name] = values
+        return numbers
+
+    def encode(self, batch: pa.RecordBatch) -> Features | None:
+        "The batch's features, or None when a column needs the frame path's checks and conversions."
+        p, rows, names = self.pipeline, batch.num_rows, batch.schema.names
+        if rows == 0 or any(n not in names for n in self.needed):
+            return None
+        numbers = self._numbers(batch)
+        if numbers is None or any(not pa.types.is_timestamp(batch.column(n).type) for n in p.datetime):
+            return None
+        codes = np.empty((len(p.categorical), rows), dtype=np.int64)  # feature-major, as `FeaturePipeline.transform`
+        lookups = p.lookups()
+        for j, name in enumerate(p.categorical):
+            column = arrow_codes(batch.column(name), *lookups[name])
+            if column is None:
+                return None
+            codes[j] = column
+        features, values = list(p.numeric), [numbers[n] for n in p.numeric]
+        for name in p.datetime:
+            times = batch.column(name).to_pandas()
+            for part in DATETIME_PARTS:
+                features.append(f"{name}__{part}")
+                values.append(getattr(times.dt, part).to_numpy(dtype="float64", na_value=np.nan))
+        for name, expression in p.derived.items():
+            features.append(name)
+            values.append(evaluate_expression(expression, numbers, rows))
+        if any(np.isinf(values[features.index(n)]).any() for n in p.derived):
+            return None  # the frame path names the column
+        numeric = scale_numeric(features, values, p.numeric_stats_, missing_indicators=p.missing_indicators,
+                                dtype=p.dtype, n_rows=rows)
+        return Features(numeric=numeric, categorical=np.ascontiguousarray(codes.T), numeric_names=p.numeric_names_,
+                        categorical_names=list(p.categorical), cardinalities=p.cardinalities_)
+
 # %% ../nbs/04_batch.ipynb #92039273
+def chunk_column(chunk: pd.DataFrame | pa.RecordBatch, name: str) -> pd.Series | pa.Array:
+    "One column of a chunk: an Arrow array when it holds timestamps already, else a Series."
+    if isinstance(chunk, pd.DataFrame):
+        return chunk[name]
+    column = chunk.column(name)
+    return column if pa.types.is_timestamp(column.type) else column.to_pandas()
+
+
 def score_chunk(predictor: Predictor,  # the model
                 schema: pa.Schema,  # the output's log schema
-                frame: pd.DataFrame,  # the chunk's rows
+                chunk: pd.DataFrame | pa.RecordBatch,  # the chunk's rows
                 *,
                 first: int,  # the chunk's first row number in the input
                 job: str,  # the job's request id
                 source: str | Path,  # the input, for messages
                 time_column: str | None = None,  # the log's timestamp: this column's values (default: now)
+                encoder: ArrowEncoder | None = None,  # builds an Arrow chunk's features without a frame
                ) -> pa.Table:  # the chunk's rows of the log
     "Score one chunk through the predict interface into its rows of the prediction log."
     tick = time.perf_counter()
+    features = encoder.encode(chunk) if encoder is not None and isinstance(chunk, pa.RecordBatch) else None
+    if features is None and isinstance(chunk, pa.RecordBatch):
+        chunk = chunk.to_pandas()  # the frame path checks and converts what Arrow holds as it is
+    rows = len(chunk)
     try:
-        answers = predictor.predict(frame)
+        answers = predictor.decide(predictor.scores(features)) if features is not None else predictor.predict(chunk)
     except DataError as e:
-        raise BatchError(f"rows {first}–{first + len(frame) - 1} of {Path(source).name}: {e}") from None
-    latency = (time.perf_counter() - tick) * 1000 / len(frame)
-    if time_column and time_column not in frame:
+        raise BatchError(f"rows {first}–{first + rows - 1} of {Path(source).name}: {e}") from None
+    latency = (time.perf_counter() - tick) * 1000 / rows
+    names = chunk.columns if isinstance(chunk, pd.DataFrame) else chunk.schema.names
+    if time_column and time_column not in names:
         raise BatchError(f"{Path(source).name} has no column {time_column!r} (the time column)")
     try:
-        when = log_timestamps(frame[time_column], time_column) if time_column else dt.datetime.now(dt.timezone.utc)
+        when = (log_timestamps(chunk_column(chunk, time_column), time_column) if time_column
+                else dt.datetime.now(dt.timezone.utc))
     except DataError as e:
-        raise BatchError(f"rows {first}–{first + len(frame) - 1} of {Path(source).name}: {e}") from None
-    return log_table(schema, frame, answers, request_id=job, rows=np.arange(first, first + len(frame)),
+        raise BatchError(f"rows {first}–{first + rows - 1} of {Path(source).name}: {e}") from None
+    return log_table(schema, chunk, answers, request_id=job, rows=np.arange(first, first + rows),
                      timestamp=when, model_version=predictor.version, latency_ms=latency)
 
 # %% ../nbs/04_batch.ipynb #0ccf8f41
@@ -564,9 +722,34 @@ def remove_abandoned(output: Path) -> list[Path]:
             removed.append(path)
     return removed
 
+# %% ../nbs/04_batch.ipynb #34bff62b
+@contextlib.contextmanager
+def math_threads(threads: int):
+    "Hold the math libraries (OpenMP/BLAS through threadpoolctl, and torch) to `threads` threads while the block runs."
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(threads):
+        if torch is not None:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            if torch is not None:
+                torch.set_num_threads(before)
+
+
+def read_columns(predictor: Predictor, time_column: str | None = None) -> tuple[list[str], list[str], list[str]]:
+    "A batch job's columns: (those it reads, those read as text from a CSV, those every input part must hold)."
+    wanted = list(dict.fromkeys([*predictor.schema.names("id"), *input_columns(predictor),
+                                 *([time_column] if time_column else [])]))
+    text = predictor.schema.names("feature", "categorical") + predictor.schema.names("id")
+    return wanted, text, [c.name for c in predictor.schema.columns.values() if c.role in ("feature", "time")]
+
 # %% ../nbs/04_batch.ipynb #faee5c6e
 def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("champion")`)
-                 input: str | Path,  # a Parquet file, a folder of Parquet parts, or a CSV file
+                 input: str | Path,  # a Parquet file, a folder or glob of Parquet parts, or a CSV file
                  output: str | Path,  # the Parquet file to write (replaced only when the job succeeds)
                  *,
                  chunk_rows: int = 65536,  # rows scored at once
@@ -589,17 +772,17 @@ def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("
     if any(file.resolve() == output for file, _, _ in units):
         raise ParamError(f"output {output} would overwrite the input")
     schema = log_schema(predictor, inputs=inputs)
-    wanted = list(dict.fromkeys([*predictor.schema.names("id"), *input_columns(predictor),
-                                 *([time_column] if time_column else [])]))
-    text = predictor.schema.names("feature", "categorical") + predictor.schema.names("id")
+    wanted, text, needed = read_columns(predictor, time_column)
+    check_parts(sorted({file for file, _, _ in units}), needed)
     total = sum(pq.ParquetFile(f).metadata.row_group(g).num_rows for f, g, _ in units if g is not None) or None
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(output)
     temporary, job = temporary_output(output), uuid.uuid4().hex[:12]
-    score = partial(score_chunk, predictor, schema, job=job, source=input, time_column=time_column)
+    score = partial(score_chunk, predictor, schema, job=job, source=input, time_column=time_column,
+                    encoder=ArrowEncoder(predictor))
     started, rows = time.perf_counter(), 0
     try:
-        with pq.ParquetWriter(temporary, schema, use_dictionary=text_columns(schema)) as writer, \
+        with pq.ParquetWriter(temporary, schema, use_dictionary=text_columns(schema)) as writer, math_threads(1), \
                 tqdm(total=total, unit="rows", unit_scale=True, disable=not progress, desc="predict") as bar:
             chunks = prefetch(read_chunks(units, wanted, chunk_rows, text))
             for table in in_order(lambda first, frame: score(frame, first=first), chunks, workers):
