@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import glob
-import json
 import itertools
 import logging
 import os
@@ -30,20 +28,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .core import (ArtifactError, ParamError, atomic_write_text, check_integer, file_sha256, read_json,
-                              write_json)
-from .data import (DATETIME_PARTS, MISSING, UNKNOWN, DataError, Features, Schema, check_expression,
+from .core import ArtifactError, ParamError, check_integer
+from .data import (DATETIME_PARTS, DataError, Features, Schema, check_expression, code_mapping,
                               evaluate_expression, scale_numeric)
-from .registry import PREDICTION, Predictions, Predictor, RegistryReader, probability_column
+from .registry import PREDICTION, Predictions, Predictor, probability_column
 
 # %% auto #0
-__all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFIX', 'SHADOW_VERSION', 'LOG_TIME', 'JOB_FILE',
-           'MANIFEST_FILE', 'BatchError', 'shadow_column', 'input_columns', 'output_fields', 'log_schema',
-           'log_timestamps', 'log_table', 'text_columns', 'LoggedBatch', 'logged_inputs', 'record_columns',
-           'no_answers', 'joined_answers', 'logged_table', 'write_log_part', 'PredictionLog', 'read_log', 'log_inputs',
-           'log_scores', 'output_values', 'parse_part', 'dataset_files', 'input_units', 'check_parts', 'read_chunks',
-           'prefetch', 'in_order', 'plain_numbers', 'arrow_codes', 'ArrowEncoder', 'chunk_column', 'score_chunk',
-           'temporary_output', 'remove_abandoned', 'math_threads', 'read_columns', 'predict_file']
+__all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFIX', 'SHADOW_VERSION', 'LOG_TIME', 'BatchError',
+           'shadow_column', 'input_columns', 'output_fields', 'log_schema', 'log_timestamps', 'log_table',
+           'text_columns', 'LoggedBatch', 'logged_inputs', 'record_columns', 'no_answers', 'joined_answers',
+           'logged_table', 'write_log_part', 'PredictionLog', 'read_log', 'log_inputs', 'log_scores', 'output_values',
+           'parse_part', 'dataset_files', 'input_units', 'check_parts', 'read_chunks', 'prefetch', 'in_order',
+           'plain_numbers', 'arrow_codes', 'ArrowEncoder', 'chunk_column', 'score_chunk', 'temporary_output',
+           'remove_abandoned', 'math_threads', 'read_columns', 'predict_file']
 
 # %% ../nbs/04_batch.ipynb #591b51cb
 class BatchError(DataError):
@@ -363,17 +360,11 @@ class PredictionLog:
             self._thread.join()
 
 # %% ../nbs/04_batch.ipynb #c9b149d5
-JOB_FILE, MANIFEST_FILE = "_job.json", "_manifest.json"  # a batch job's folder: what it is, and that it finished
-
-
 def read_log(path: str | Path) -> pd.DataFrame:
     "A prediction log as one frame: a Parquet file, or a folder of part files (a server's log, a batch job's parts)."
     path = Path(path).expanduser()
     if not path.exists():
         raise ArtifactError(f"prediction log {path} does not exist")
-    if path.is_dir() and (path / JOB_FILE).exists() and not (path / MANIFEST_FILE).exists():
-        raise ArtifactError(f"the batch job writing {path} has not finished (no {MANIFEST_FILE}): run it again to "
-                            "finish it")
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
         raise ArtifactError(f"prediction log folder {path} holds no .parquet part files")
@@ -595,12 +586,7 @@ def arrow_codes(column: pa.Array, lookup: dict[str, int], folded: dict[str, int]
             or pa.types.is_integer(column.type)):
         return None
     encoded = pc.dictionary_encode(column)
-    mapping = np.empty(len(encoded.dictionary) + 1, dtype=np.int64)
-    for i, value in enumerate(encoded.dictionary.to_pylist()):
-        text = str(value)
-        code = lookup.get(text)
-        mapping[i] = code if code is not None else folded.get(text.strip().casefold(), UNKNOWN)
-    mapping[-1] = MISSING  # a null's index, -1, takes the last slot
+    mapping = code_mapping(encoded.dictionary.to_pylist(), lookup, folded)  # a null's index, -1, takes MISSING
     return mapping[encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)]
 
 # %% ../nbs/04_batch.ipynb #7a028e6c

@@ -37,10 +37,10 @@ __all__ = ['TASKS', 'FILE_READERS', 'SQL_URL', 'FLIGHTS_TARGET', 'FLIGHTS_TIME',
            'rows_needed', 'check_fractions', 'time_split', 'random_split', 'group_split', 'split_frame',
            'check_leakage', 'find_id_columns', 'find_leaks', 'check_expression', 'evaluate_expression', 'Features',
            'numeric_block', 'fit_numeric', 'scale_numeric', 'fit_vocabulary', 'vocabulary_lookup', 'category_codes',
-           'encode_target', 'FeaturePipeline', 'pipeline_to_dict', 'pipeline_from_dict', 'DataParams', 'PreparedData',
-           'collect', 'screen_columns', 'dataset_record', 'describe_columns', 'usable_derived', 'leak_free_splits',
-           'seasonal_columns', 'unseen_seasonal_values', 'split_report', 'write_prepared', 'prepare_data',
-           'load_prepared', 'DataStageResult', 'data_stage']
+           'code_mapping', 'encode_target', 'FeaturePipeline', 'pipeline_to_dict', 'pipeline_from_dict', 'DataParams',
+           'PreparedData', 'collect', 'screen_columns', 'dataset_record', 'describe_columns', 'usable_derived',
+           'leak_free_splits', 'seasonal_columns', 'unseen_seasonal_values', 'split_report', 'write_prepared',
+           'prepare_data', 'load_prepared', 'DataStageResult', 'data_stage']
 
 # %% ../nbs/01_data.ipynb #4e02fd7d
 class DataError(MLLifecycleError, ValueError):
@@ -1172,13 +1172,20 @@ def category_codes(s: pd.Series,  # a categorical column
         codes, uniques = s.cat.codes.to_numpy(), s.cat.categories
     else:
         codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    return code_mapping(uniques, lookup, folded)[codes]
+
+
+def code_mapping(uniques,  # a column's distinct values
+                 lookup: dict[str, int], folded: dict[str, int],  # from `vocabulary_lookup`
+                ) -> np.ndarray:  # int64: each distinct value's code, then MISSING for index -1
+    "The code of each distinct value (exact text first, then case- and space-folded, else unknown); MISSING last."
     mapping = np.empty(len(uniques) + 1, dtype=np.int64)
     for i, value in enumerate(uniques):
         text = str(value)
         code = lookup.get(text)
         mapping[i] = code if code is not None else folded.get(text.strip().casefold(), UNKNOWN)
     mapping[-1] = MISSING  # code -1 (missing) indexes the last slot
-    return mapping[codes]
+    return mapping
 
 # %% ../nbs/01_data.ipynb #2e6149e3
 def encode_target(y: pd.Series,  # the target column
