@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import glob
+import hashlib
 import itertools
+import json
 import logging
 import os
 import queue
@@ -19,7 +21,7 @@ import time
 import uuid
 from pathlib import Path
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -28,19 +30,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .core import ArtifactError, ParamError, check_integer
+from .core import (ArtifactError, MLLifecycleError, ParamError, atomic_write_text, check_integer,
+                              file_sha256, read_json, write_json)
 from .data import (DATETIME_PARTS, DataError, Features, Schema, check_expression, code_mapping,
                               evaluate_expression, scale_numeric)
-from .registry import PREDICTION, Predictions, Predictor, probability_column
+from .registry import PREDICTION, Predictions, Predictor, RegistryReader, probability_column
 
 # %% auto #0
-__all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFIX', 'SHADOW_VERSION', 'LOG_TIME', 'BatchError',
-           'shadow_column', 'input_columns', 'output_fields', 'log_schema', 'log_timestamps', 'log_table',
-           'text_columns', 'LoggedBatch', 'logged_inputs', 'record_columns', 'no_answers', 'joined_answers',
-           'logged_table', 'write_log_part', 'PredictionLog', 'read_log', 'log_inputs', 'log_scores', 'output_values',
-           'parse_part', 'dataset_files', 'input_units', 'check_parts', 'read_chunks', 'prefetch', 'in_order',
-           'plain_numbers', 'arrow_codes', 'ArrowEncoder', 'chunk_column', 'score_chunk', 'temporary_output',
-           'remove_abandoned', 'math_threads', 'read_columns', 'predict_file']
+__all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFIX', 'SHADOW_VERSION', 'PARTS_FORMAT', 'JOB_FILE',
+           'MANIFEST_FILE', 'LOG_TIME', 'BatchError', 'shadow_column', 'input_columns', 'output_fields', 'log_schema',
+           'log_timestamps', 'log_table', 'text_columns', 'LoggedBatch', 'logged_inputs', 'record_columns',
+           'no_answers', 'joined_answers', 'logged_table', 'write_log_part', 'PredictionLog', 'read_log', 'log_inputs',
+           'log_scores', 'output_values', 'parse_part', 'dataset_files', 'input_units', 'check_parts', 'read_chunks',
+           'prefetch', 'in_order', 'plain_numbers', 'arrow_codes', 'ArrowEncoder', 'chunk_column', 'score_chunk',
+           'temporary_output', 'remove_abandoned', 'math_threads', 'read_columns', 'predict_file', 'BatchJob',
+           'job_model', 'unit_key', 'part_path', 'finished_part', 'score_unit', 'start_job', 'run_units',
+           'predict_dataset']
 
 # %% ../nbs/04_batch.ipynb #591b51cb
 class BatchError(DataError):
@@ -52,6 +57,8 @@ LOG_META = {"request_id": pa.string(), "row": pa.int64(), "timestamp": pa.timest
             "model_version": pa.int64(), "latency_ms": pa.float64()}  # the columns every log row starts with
 INPUT_PREFIX, KEY_PREFIX, SHADOW_PREFIX = "input.", "key.", "shadow_"  # the data's columns; a shadow model's answers
 SHADOW_VERSION = SHADOW_PREFIX + "version"
+PARTS_FORMAT = "mllifecycle.batch-parts/1"  # a batch job in parts: the format of its _job.json and _manifest.json
+JOB_FILE, MANIFEST_FILE = "_job.json", "_manifest.json"
 
 
 def shadow_column(name: str) -> str:
@@ -366,6 +373,11 @@ def read_log(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise ArtifactError(f"prediction log {path} does not exist")
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if path.is_dir() and (path / JOB_FILE).exists():  # a job in parts: its manifest says which parts are the log
+        if not (path / MANIFEST_FILE).exists():
+            raise ArtifactError(f"prediction log folder {path} holds an unfinished batch job (no {MANIFEST_FILE}): "
+                                "run the job again to finish it")
+        files = [path / entry["part"] for entry in read_json(path / MANIFEST_FILE)["parts"]]
     if not files:
         raise ArtifactError(f"prediction log folder {path} holds no .parquet part files")
     tables = []
@@ -785,3 +797,206 @@ def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("
     seconds = time.perf_counter() - started
     return {"output": str(output), "rows": rows, "seconds": round(seconds, 3),
             "rows_per_s": round(rows / max(seconds, 1e-9), 1), "model_version": predictor.version, "part": part}
+
+# %% ../nbs/04_batch.ipynb #630b06a6
+@dataclass(frozen=True)
+class BatchJob:
+    "What every unit of a job in parts needs, small enough to send to a Dask worker with each task."
+    registry: str  # the registry's folder, as the workers see it
+    version: int  # the model version (resolved once, so an alias moving mid-job cannot mix versions)
+    output: str  # the output folder
+    job: str  # the job's id: every answer's request_id, and every part's footer
+    chunk_rows: int = 65536  # rows scored at once
+    inputs: bool = False  # also write the input columns
+    time_column: str | None = None  # the log's timestamp: this column's values (default: now)
+    device: str = "cpu"  # torch models: where to run
+
+
+@lru_cache(maxsize=4)
+def job_model(registry: str, version: int, device: str = "cpu") -> tuple[Predictor, ArrowEncoder]:
+    "A registry version's model and its Arrow encoder, loaded once per process with every checksum verified."
+    predictor = RegistryReader(registry).load(version, device=device)
+    return predictor, ArrowEncoder(predictor)
+
+# %% ../nbs/04_batch.ipynb #7997b762
+def unit_key(unit: tuple[Path, int | None, int]) -> dict:
+    "The fingerprint of a unit of work (`input_units`): its file's path, size and mtime, row group, first row, rows."
+    file, group, first = unit
+    stat = Path(file).stat()
+    rows = pq.ParquetFile(file).metadata.row_group(group).num_rows
+    return {"file": str(Path(file).resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "row_group": group, "first_row": first, "rows": rows}
+
+
+def part_path(output: str | Path, index: int) -> Path:
+    "The part file unit `index` of a job writes in its output folder."
+    return Path(output) / f"part-{index:05d}.parquet"
+
+
+def finished_part(path: Path, job: str, key: dict) -> bool:
+    "Whether `path` is this job's part of this unit, whole: its footer's job and unit, and its bytes' SHA-256."
+    sidecar = path.with_name(path.name + ".sha256")
+    if not (path.is_file() and sidecar.is_file()):
+        return False
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+        same = (metadata.get(b"job") == job.encode()
+                and json.loads(metadata.get(b"unit", b"null")) == key)
+    except (pa.ArrowInvalid, OSError, ValueError):
+        return False
+    return same and sidecar.read_text().strip() == file_sha256(path)
+
+# %% ../nbs/04_batch.ipynb #87bddd8d
+def score_unit(job: BatchJob,  # the job
+               index: int,  # the unit's number: its part is `part_path(job.output, index)`
+               unit: tuple[Path, int | None, int],  # (file, row group, first row), from `input_units`
+               key: dict,  # its fingerprint (`unit_key`), taken when the job started
+              ) -> dict:  # the part's manifest entry: part, rows, sha256, unit, skipped
+    "Score one unit of a job in parts into its part file, or keep the part a previous run finished."
+    path = part_path(job.output, index)
+    sidecar = path.with_name(path.name + ".sha256")
+    if finished_part(path, job.job, key):
+        rows = pq.ParquetFile(path).metadata.num_rows
+        return {"part": path.name, "rows": rows, "sha256": sidecar.read_text().strip(), "unit": key, "skipped": True}
+    if unit_key(unit) != key:
+        raise BatchError(f"input {unit[0]} changed while the job ran (row group {unit[1]})")
+    predictor, encoder = job_model(job.registry, job.version, job.device)
+    schema = log_schema(predictor, inputs=job.inputs)
+    schema = schema.with_metadata({**(schema.metadata or {}), b"job": job.job.encode(), b"unit": json.dumps(key).encode()})
+    wanted, text = read_columns(predictor, job.time_column)[:2]
+    remove_abandoned(path)
+    temporary, rows = temporary_output(path), 0
+    try:
+        with pq.ParquetWriter(temporary, schema, use_dictionary=text_columns(schema)) as writer:
+            for first, chunk in read_chunks([unit], wanted, job.chunk_rows, text):
+                table = score_chunk(predictor, schema, chunk, first=first, job=job.job, source=unit[0],
+                                    time_column=job.time_column, encoder=encoder)
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+                rows += table.num_rows
+        digest = file_sha256(temporary)
+        sidecar.unlink(missing_ok=True)  # a part without its checksum is never taken for finished
+        os.replace(temporary, path)
+        atomic_write_text(sidecar, digest + "\n")
+    finally:
+        temporary.unlink(missing_ok=True)
+    return {"part": path.name, "rows": rows, "sha256": digest, "unit": key, "skipped": False}
+
+# %% ../nbs/04_batch.ipynb #a8ad04ea
+def start_job(output: Path,  # the output folder
+              identity: dict,  # what makes two runs the same job: registry, version, input fingerprint, options
+             ) -> str:  # the job's id: a new one, or the unfinished job's that this run continues
+    "Begin a job in parts in `output`, or continue the same job found there; another job's folder is refused."
+    job_file = output / JOB_FILE
+    if output.exists() and not output.is_dir():
+        raise ParamError(f"output {output} exists and is not a folder (a job in parts writes a folder)")
+    if job_file.exists():
+        found = read_json(job_file)
+        differs = sorted(k for k in identity if found.get(k) != identity[k])
+        if differs:
+            raise BatchError(f"output folder {output} holds another job (it differs in {', '.join(differs)}): "
+                             "choose a new folder, or delete this one to start over")
+        return found["job"]
+    if output.exists() and any(output.iterdir()):
+        raise BatchError(f"output folder {output} is not empty and holds no batch job ({JOB_FILE}): choose a new folder")
+    output.mkdir(parents=True, exist_ok=True)
+    job = uuid.uuid4().hex[:12]
+    write_json(job_file, {"format": PARTS_FORMAT, "job": job, **identity})
+    return job
+
+# %% ../nbs/04_batch.ipynb #edb1f4e4
+def run_units(job: BatchJob,  # the job
+              units: list[tuple[Path, int | None, int]],  # from `input_units`
+              keys: list[dict],  # their fingerprints
+              client: Any = None,  # a `distributed.Client`; None → threads of this process
+              workers: int = 2,  # threads, when there is no client
+              progress: bool = True,  # a tqdm progress bar over the rows
+             ) -> list[dict]:  # the manifest entries, in unit order
+    "Score every unit of a job in parts, on a Dask cluster or on threads; the first failure stops the job."
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import as_completed as threads_completed
+
+    from tqdm.auto import tqdm
+
+    entries = [None] * len(units)
+    total = sum(k["rows"] for k in keys)
+    with tqdm(total=total, unit="rows", unit_scale=True, disable=not progress, desc="predict") as bar:
+        if client is not None:
+            from distributed import as_completed
+
+            futures = client.map(score_unit, [job] * len(units), range(len(units)), units, keys, pure=False)
+            order = {f.key: i for i, f in enumerate(futures)}
+            done, pool = as_completed(futures), None
+        else:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="unit")
+            futures = [pool.submit(score_unit, job, i, unit, key) for i, (unit, key) in enumerate(zip(units, keys))]
+            order = {f: i for i, f in enumerate(futures)}
+            done = threads_completed(futures)
+        try:
+            for future in done:
+                index = order[future.key if client is not None else future]
+                try:
+                    entries[index] = future.result()
+                except Exception as e:
+                    file, group, _ = units[index]
+                    message = str(e) if isinstance(e, MLLifecycleError) else f"{type(e).__name__}: {e}"
+                    raise BatchError(f"unit {index} ({Path(file).name}, row group {group}) failed: {message}; "
+                                     "the parts already written stay: run the job again to finish it") from None
+                bar.update(keys[index]["rows"])
+        finally:
+            for future in futures:
+                future.cancel()
+            if pool is not None:
+                pool.shutdown(wait=True)
+    return entries
+
+# %% ../nbs/04_batch.ipynb #fea78d71
+def predict_dataset(registry: str | Path,  # the model registry's folder
+                    ref: int | str,  # the version or alias to score with (resolved once, at the start)
+                    input: str | Path,  # a Parquet file, a folder of Parquet parts, or a glob of them
+                    output: str | Path,  # the output folder: part files, _job.json, and _manifest.json when done
+                    *,
+                    client: Any = None,  # a `distributed.Client` (`dask_client`); None → threads of this process
+                    chunk_rows: int = 65536,  # rows scored at once
+                    inputs: bool = False,  # also write the input columns (a full prediction log, for monitoring)
+                    time_column: str | None = None,  # the log's timestamp: this column's values (default: now)
+                    device: str = "cpu",  # torch models: where to run
+                    workers: int | None = None,  # threads, without a client; None → one per core, plus one
+                    progress: bool = True,  # a tqdm progress bar
+                   ) -> dict:  # rows, parts, skipped, seconds, rows_per_s, model_version, output
+    "Score a Parquet dataset into a folder of parts, one per row group, on threads or a Dask cluster; a rerun finishes it."
+    workers = min(8, (os.cpu_count() or 1) + 1) if workers is None else check_integer("workers", workers)
+    chunk_rows = check_integer("chunk_rows", chunk_rows)
+    reader = RegistryReader(registry)
+    version = reader.resolve(ref)
+    predictor = job_model(str(reader.root), version, device)[0]
+    output = Path(output).expanduser().resolve()
+    if output.suffix == ".parquet":
+        raise ParamError(f"output {output} must be a folder for a job in parts, not a .parquet file")
+    units = input_units(input)
+    if any(group is None for _, group, _ in units):
+        raise BatchError(f"input {input} is CSV: a job in parts reads Parquet (a CSV file is scored whole into a "
+                         ".parquet output)")
+    files = sorted({file.resolve() for file, _, _ in units})
+    if any(output == f.parent or output in f.parents for f in files):
+        raise ParamError(f"output folder {output} holds the input's files: choose a folder outside the input")
+    check_parts(files, read_columns(predictor, time_column)[2])
+    keys = [unit_key(unit) for unit in units]
+    if sum(k["rows"] for k in keys) == 0:
+        raise BatchError(f"input {input} has no rows to score")
+    fingerprint = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
+    identity = {"registry": str(reader.root), "version": version, "input": fingerprint, "units": len(units),
+                "inputs": inputs, "time_column": time_column}
+    job = BatchJob(str(reader.root), version, str(output), start_job(output, identity), chunk_rows, inputs,
+                   time_column, device)
+    started = time.perf_counter()
+    with math_threads(1) if client is None else contextlib.nullcontext():
+        entries = run_units(job, units, keys, client=client, workers=workers, progress=progress)
+    rows = sum(e["rows"] for e in entries)
+    write_json(output / MANIFEST_FILE, {"format": PARTS_FORMAT, "job": job.job, "model_version": version,
+                                        "registry": job.registry, "rows": rows,
+                                        "parts": [{k: e[k] for k in ("part", "rows", "sha256", "unit")}
+                                                  for e in entries]})
+    seconds = time.perf_counter() - started
+    return {"output": str(output), "rows": rows, "parts": len(entries), "skipped": sum(e["skipped"] for e in entries),
+            "seconds": round(seconds, 3), "rows_per_s": round(rows / max(seconds, 1e-9), 1),
+            "model_version": version}

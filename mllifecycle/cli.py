@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .core import MLLifecycleError, ParamError, new_run_id, parameter_defaults, parameter_help, to_jsonable
+from .core import (ENGINES, MLLifecycleError, ParamError, check_engine, dask_client, new_run_id,
+                              parameter_defaults, parameter_help, to_jsonable)
 from .pipeline import (
     RunParams, default_registry, find_stages, load_params_file, parse_value, run_pipeline, stage_params_class)
 
@@ -23,7 +24,8 @@ from .pipeline import (
 __all__ = ['COMMANDS', 'GROUPS', 'DEBUG_ENV', 'Command', 'command', 'given_params', 'run_command', 'report_command',
            'runs_command', 'compare_command', 'params_command', 'train_command', 'open_registry',
            'registry_list_command', 'registry_promote_command', 'registry_rollback_command', 'dataclass_options',
-           'given_config', 'serve_command', 'predict_command', 'monitor_command', 'build_parser', 'Terminated', 'main']
+           'given_config', 'serve_command', 'engine_options', 'predict_command', 'monitor_command', 'build_parser',
+           'Terminated', 'main']
 
 # %% ../nbs/08_cli.ipynb #bbda218e
 @dataclass
@@ -322,23 +324,48 @@ def serve_command(args: argparse.Namespace) -> int:
     return 0
 
 # %% ../nbs/08_cli.ipynb #86e1449f
+def engine_options(parser: argparse.ArgumentParser):
+    "The options of the commands that read data: `--engine` and `--scheduler`."
+    parser.add_argument("--engine", default="local", choices=ENGINES, help="local: this process; dask: a Dask cluster "
+                                                                        "(default: local)")
+    parser.add_argument("--scheduler", help="with --engine dask: a scheduler address (tcp://host:8786) or local:N, a "
+                                            "cluster of N workers on this machine (default: local:<cores>)")
+
+
 def _predict_options(parser: argparse.ArgumentParser):
     _registry_options(parser)
-    parser.add_argument("--input", required=True, help="a Parquet file, a folder of Parquet parts, or a CSV file")
-    parser.add_argument("--output", required=True, help="the Parquet file to write (replaced only on success)")
+    parser.add_argument("--input", required=True, help="a Parquet file, a folder or glob of Parquet parts, or a CSV file")
+    parser.add_argument("--output", required=True, help="a .parquet file (replaced only on success), or a folder: a job "
+                                                        "in parts, one part per row group, that a rerun finishes")
     parser.add_argument("--alias", default="champion", help="the alias or version to score with (default: champion)")
-    parser.add_argument("--part", default="1/1", help="this process's share of the job, I/N (default: 1/1)")
+    parser.add_argument("--part", default="1/1", help="this process's share of a one-file job, I/N (default: 1/1)")
     parser.add_argument("--chunk-rows", type=int, default=65536, help="rows scored at once (default: 65536)")
     parser.add_argument("--inputs", action="store_true", help="also write the input columns (a full prediction log)")
     parser.add_argument("--time-column", help="take the log's timestamps from this column (default: now)")
     parser.add_argument("--device", default="cpu", help="torch models: cpu, cuda or auto (default: cpu)")
     parser.add_argument("--workers", type=int, help="chunks scored at once, on threads (default: one per core, plus one)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    engine_options(parser)
 
 
-@command("predict", "score a Parquet or CSV file (or a folder of Parquet parts) into a Parquet file", _predict_options)
+def _predict_in_parts(args: argparse.Namespace) -> dict:
+    from mllifecycle.batch import predict_dataset
+
+    engine, scheduler = check_engine(args.engine, args.scheduler)
+    if args.part != "1/1":
+        raise ParamError("--part splits a one-file job by hand; a job in parts (a folder --output) is split by the engine")
+    options = dict(chunk_rows=args.chunk_rows, inputs=args.inputs, time_column=args.time_column, device=args.device,
+                   workers=args.workers, progress=not args.no_progress)
+    if engine == "local":
+        return predict_dataset(open_registry(args).root, args.alias, args.input, args.output, **options)
+    with dask_client(scheduler) as client:
+        return predict_dataset(open_registry(args).root, args.alias, args.input, args.output, client=client, **options)
+
+
+@command("predict", "score a Parquet or CSV file (or a folder of Parquet parts) into a Parquet file, or into a "
+                    "folder of parts on threads or a Dask cluster", _predict_options)
 def predict_command(args: argparse.Namespace) -> int:
-    "Batch inference with a registry version; print what was written. SIGTERM stops it between two chunks."
+    "Batch inference with a registry version; print what was written. SIGTERM stops a one-file job between two chunks."
     import signal
     import threading
 
@@ -346,6 +373,12 @@ def predict_command(args: argparse.Namespace) -> int:
 
     if args.chunk_rows < 1:
         raise ParamError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
+    if args.engine == "dask" or not args.output.endswith(".parquet"):
+        done = _predict_in_parts(args)
+        print(f"{done['rows']:,} rows → {done['output']} ({done['parts']} parts, {done['skipped']} kept from an "
+              f"earlier run; version {done['model_version']}, {done['rows_per_s']:,.0f} rows/s)")
+        return 0
+    check_engine(args.engine, args.scheduler)
     predictor = open_registry(args).load(args.alias, device=args.device)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():  # `main` puts its own handler back afterwards
