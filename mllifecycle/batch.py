@@ -40,11 +40,11 @@ from .registry import PREDICTION, Predictions, Predictor, RegistryReader, probab
 __all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFIX', 'SHADOW_VERSION', 'PARTS_FORMAT', 'JOB_FILE',
            'MANIFEST_FILE', 'LOG_TIME', 'BatchError', 'shadow_column', 'input_columns', 'output_fields', 'log_schema',
            'log_timestamps', 'log_table', 'text_columns', 'LoggedBatch', 'logged_inputs', 'record_columns',
-           'no_answers', 'joined_answers', 'logged_table', 'write_log_part', 'PredictionLog', 'read_log', 'log_inputs',
-           'log_scores', 'output_values', 'parse_part', 'dataset_files', 'input_units', 'check_parts', 'read_chunks',
-           'prefetch', 'in_order', 'plain_numbers', 'arrow_codes', 'ArrowEncoder', 'chunk_column', 'score_chunk',
-           'temporary_output', 'remove_abandoned', 'math_threads', 'read_columns', 'predict_file', 'BatchJob',
-           'job_model', 'unit_key', 'part_path', 'finished_part', 'score_unit', 'start_job', 'run_units',
+           'no_answers', 'joined_answers', 'logged_table', 'write_log_part', 'PredictionLog', 'log_files', 'read_log',
+           'log_inputs', 'log_scores', 'output_values', 'parse_part', 'dataset_files', 'input_units', 'check_parts',
+           'read_chunks', 'prefetch', 'in_order', 'plain_numbers', 'arrow_codes', 'ArrowEncoder', 'chunk_column',
+           'score_chunk', 'temporary_output', 'remove_abandoned', 'math_threads', 'read_columns', 'predict_file',
+           'BatchJob', 'job_model', 'unit_key', 'part_path', 'finished_part', 'score_unit', 'start_job', 'run_units',
            'predict_dataset']
 
 # %% ../nbs/04_batch.ipynb #591b51cb
@@ -367,8 +367,8 @@ class PredictionLog:
             self._thread.join()
 
 # %% ../nbs/04_batch.ipynb #c9b149d5
-def read_log(path: str | Path) -> pd.DataFrame:
-    "A prediction log as one frame: a Parquet file, or a folder of part files (a server's log, a batch job's parts)."
+def log_files(path: str | Path) -> list[Path]:
+    "The part files of a prediction log: the file itself, a server's folder of parts, or a finished batch job's parts."
     path = Path(path).expanduser()
     if not path.exists():
         raise ArtifactError(f"prediction log {path} does not exist")
@@ -380,8 +380,13 @@ def read_log(path: str | Path) -> pd.DataFrame:
         files = [path / entry["part"] for entry in read_json(path / MANIFEST_FILE)["parts"]]
     if not files:
         raise ArtifactError(f"prediction log folder {path} holds no .parquet part files")
+    return files
+
+
+def read_log(path: str | Path) -> pd.DataFrame:
+    "A prediction log as one frame: a Parquet file, or a folder of part files (a server's log, a batch job's parts)."
     tables = []
-    for file in files:
+    for file in log_files(path):
         try:
             table = pq.read_table(file)
         except (pa.ArrowInvalid, OSError) as e:

@@ -410,6 +410,7 @@ def _monitor_options(parser: argparse.ArgumentParser):
                                                                "this registry; roll back a promotion that serves worse")
     parser.add_argument("--out", help="the folder monitoring/ is written to (default: RUNS_ROOT/monitor-<id>)")
     dataclass_options(parser, MonitorParams, skip=("run_dir", "registry_dir", "log_path", "labels_path", "retrain"))
+    engine_options(parser)
 
 
 @command("monitor", "monitor a served model's prediction log: drift, estimated and realised performance, alerts "
@@ -421,8 +422,13 @@ def monitor_command(args: argparse.Namespace) -> int:
     registry = open_registry(args)
     params = given_config(MonitorParams, args, registry_dir=str(registry.root), log_path=args.log,
                           labels_path=args.labels, retrain=args.retrain)
+    engine, scheduler = check_engine(args.engine, args.scheduler)
     out = Path(args.out) if args.out else Path(args.runs_root) / f"monitor-{new_run_id()}"
-    run, result = monitor_log(params, args.reference, out)
+    if engine == "local":
+        run, result = monitor_log(params, args.reference, out)
+    else:
+        with dask_client(scheduler) as client:
+            run, result = monitor_log(params, args.reference, out, client=client)
     windows = result.windows
     print(f"{len(windows)} windows of {params.window} from {windows['start'].min():%Y-%m-%d} to "
           f"{windows['end'].max():%Y-%m-%d}: {int(windows['rows'].sum()):,} answers, "

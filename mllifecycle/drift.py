@@ -17,11 +17,13 @@ from .core import ArtifactError, MLLifecycleError, check_bool, check_choice, che
 
 # %% auto #0
 __all__ = ['DRIFT_RULES', 'MISSING', 'UNSEEN', 'PROFILE_FORMAT', 'PSI_FLOOR', 'KS_EXACT_MAX', 'CALIBRATION_CELLS', 'TAIL_DRAWS',
-           'MIN_EXPECTED', 'DriftError', 'DriftThresholds', 'ReferenceProfile', 'reference_profile', 'save_profile',
-           'load_profile', 'psi', 'numeric_statistics', 'category_counts', 'categorical_statistics',
-           'calibration_cells', 'category_cells', 'ks_over_cells', 'chi2_over_cells', 'no_drift_statistics',
-           'calibrated_p_value', 'large_counts', 'calibrated_test', 'bh_adjusted', 'evidently_verdicts',
-           'calibrated_verdicts', 'decide', 'window_drift', 'dataset_drift']
+           'MIN_EXPECTED', 'SKETCH_K', 'DriftError', 'DriftThresholds', 'ReferenceProfile', 'reference_profile',
+           'save_profile', 'load_profile', 'psi', 'asymptotic_ks_p', 'numeric_statistics', 'text_counts', 'counts_over',
+           'category_counts', 'categorical_statistics', 'calibration_cells', 'category_cells', 'ks_over_cells',
+           'chi2_over_cells', 'no_drift_statistics', 'calibrated_p_value', 'large_counts', 'calibrated_test',
+           'column_summary', 'merge_summaries', 'summary_row', 'bh_adjusted', 'evidently_verdicts',
+           'calibrated_verdicts', 'decide', 'window_drift', 'dataset_drift', 'sketch_summary', 'merge_sketches',
+           'sketch_statistics']
 
 # %% ../nbs/05_drift.ipynb #a7529be1
 class DriftError(MLLifecycleError):
@@ -167,6 +169,13 @@ def _right_counts(values: np.ndarray) -> np.ndarray:
     return ends[np.r_[0, np.cumsum(step)]] + 1
 
 # %% ../nbs/05_drift.ipynb #e52dddab
+def asymptotic_ks_p(ks: float, n: int, m: int) -> float:
+    "KS's p-value from the asymptotic distribution at the effective sample size n·m/(n+m)."
+    from scipy.stats import distributions
+
+    return float(np.clip(distributions.kstwo.sf(ks, np.round(n * m / (n + m))), 0, 1))
+
+
 def numeric_statistics(reference: np.ndarray,  # the reference's sorted non-missing values
                        current: np.ndarray,  # the window's values (any order; NaN allowed)
                        edges: list | np.ndarray,  # the frozen PSI bin edges
@@ -174,7 +183,7 @@ def numeric_statistics(reference: np.ndarray,  # the reference's sorted non-miss
                        std: float | None = None,  # the reference's standard deviation (Wasserstein's scale)
                       ) -> dict:
     "KS (statistic, p-value), Wasserstein (raw and in reference standard deviations) and PSI of one numeric column."
-    from scipy.stats import distributions, ks_2samp
+    from scipy.stats import ks_2samp
 
     current = np.asarray(current, dtype="float64")
     missing = int(np.isnan(current).sum())
@@ -198,8 +207,7 @@ def numeric_statistics(reference: np.ndarray,  # the reference's sorted non-miss
     if max(n, m) <= KS_EXACT_MAX:
         ks_p = float(ks_2samp(reference, current).pvalue)
     else:
-        big, small = sorted([float(n), float(m)], reverse=True)
-        ks_p = float(np.clip(distributions.kstwo.sf(ks, np.round(big * small / (big + small))), 0, 1))
+        ks_p = asymptotic_ks_p(ks, n, m)
     counts = np.diff(np.searchsorted(current, np.asarray(edges, "float64"), "right"), prepend=0, append=m)
     std = float(np.std(reference)) if std is None else std
     return {"rows": m, "missing": missing, "ks": ks, "ks_p": ks_p, "wasserstein": wasserstein,
@@ -207,14 +215,26 @@ def numeric_statistics(reference: np.ndarray,  # the reference's sorted non-miss
             "psi": psi(reference_counts, counts)}
 
 # %% ../nbs/05_drift.ipynb #58688631
+def text_counts(values: pd.Series | np.ndarray) -> pd.Series:
+    "Each distinct value's count under its text (`MISSING` for a missing value): what category counts are built from."
+    found = pd.Series(values).value_counts(dropna=False)  # counted first: only distinct values become text
+    return found.groupby(_as_text(found.index.to_series()).to_numpy()).sum().astype("int64")
+
+
+def counts_over(found: pd.Series,  # `text_counts` of the window's values
+                categories: list[str],  # the reference's categories (MISSING among them when it had any)
+               ) -> np.ndarray:  # counts per reference category, then the count of unseen values
+    "Text counts laid over the reference's categories; values the reference never had fall in one last bin."
+    codes = pd.Index(categories).get_indexer(found.index)  # -1: not a reference category
+    return np.bincount(np.where(codes < 0, len(categories), codes), weights=found.to_numpy(),
+                       minlength=len(categories) + 1).astype("int64")
+
+
 def category_counts(values: pd.Series | np.ndarray,  # the window's values
                     categories: list[str],  # the reference's categories (MISSING among them when it had any)
                    ) -> np.ndarray:  # counts per reference category, then the count of unseen values
     "Count a window's values over the reference's categories; values the reference never had fall in one last bin."
-    counts = pd.Series(values).value_counts(dropna=False)  # counted first: only distinct values become text
-    codes = pd.Index(categories).get_indexer(_as_text(counts.index.to_series()))  # -1: not a reference category
-    return np.bincount(np.where(codes < 0, len(categories), codes), weights=counts.to_numpy(),
-                       minlength=len(categories) + 1).astype("int64")
+    return counts_over(text_counts(values), categories)
 
 # %% ../nbs/05_drift.ipynb #d26c055f
 def categorical_statistics(reference_counts: np.ndarray,  # per category (and the unseen bin, 0)
@@ -261,12 +281,10 @@ def calibration_cells(profile: ReferenceProfile, name: str, cells: int = CALIBRA
     return {"grid": grid, "counts": counts, "continuous": continuous}
 
 
-def category_cells(profile: ReferenceProfile, name: str, values: pd.Series,  # the window's values
+def category_cells(profile: ReferenceProfile, name: str, found: pd.Series,  # `text_counts` of the window's values
                    cells: int = CALIBRATION_CELLS) -> tuple[np.ndarray, np.ndarray]:  # reference and window counts
     "A categorical column's reference and window counts over the pooled data's commonest categories, the rest in one cell."
     column = profile.columns[name]
-    found = pd.Series(values).value_counts(dropna=False)  # counted first: only distinct values become text
-    found = found.groupby(_as_text(found.index.to_series()).to_numpy()).sum()
     names = pd.Index(column["categories"]).union(found.index, sort=False)
     reference = pd.Series(column["counts"], index=column["categories"], dtype="int64").reindex(names, fill_value=0)
     window = found.reindex(names, fill_value=0).astype("int64")
@@ -352,9 +370,10 @@ def large_counts(reference_counts: np.ndarray, current_counts: np.ndarray, least
 
 # %% ../nbs/05_drift.ipynb #8fad93b4
 def calibrated_test(profile: ReferenceProfile, name: str,
-                    values: pd.Series,  # the window's values of the column
+                    values: pd.Series | None,  # the window's values of the column (None: `counts` are given)
                     thresholds: DriftThresholds | None = None,
                     ks: tuple[float, float] | None = None,  # a numeric column's KS statistic and p-value, when computed
+                    counts: np.ndarray | pd.Series | None = None,  # instead of values: counts over the cells, or text counts
                    ) -> dict:  # calibrated_test, calibrated_statistic, calibrated_p
     "The calibrated test of one column of one window: its name, its statistic and its p-value under no drift."
     from scipy.stats import chi2
@@ -362,18 +381,20 @@ def calibrated_test(profile: ReferenceProfile, name: str,
     thresholds = thresholds or DriftThresholds()
     if profile.kind(name) == "numeric":
         cells = profile.calibration.get(name) or profile.calibration.setdefault(name, calibration_cells(profile, name))
-        numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        numbers = (None if values is None else
+                   pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64", na_value=np.nan))
         if cells["continuous"]:
             if ks is None:
                 found = numeric_statistics(profile.sorted_values[name], numbers, [], [0])
                 ks = found["ks"], found["ks_p"]
             return {"calibrated_test": "ks", "calibrated_statistic": ks[0], "calibrated_p": ks[1]}
-        current = np.sort(numbers[~np.isnan(numbers)])
+        if counts is None:
+            current = np.sort(numbers[~np.isnan(numbers)])
+            counts = np.diff(np.searchsorted(current, cells["grid"], "right"), prepend=0, append=len(current))
         reference = cells["counts"]
-        counts = np.diff(np.searchsorted(current, cells["grid"], "right"), prepend=0, append=len(current))
         kind, test = "numeric", "ks_permutation"
     else:
-        reference, counts = category_cells(profile, name, values)
+        reference, counts = category_cells(profile, name, text_counts(values) if counts is None else counts)
         kind, test = "categorical", "chi2_permutation"
     rows = int(counts.sum())
     if rows == 0:
@@ -390,23 +411,53 @@ def calibrated_test(profile: ReferenceProfile, name: str,
             "calibrated_p": calibrated_p_value(float(statistic), null, kind, int(reference.sum()), rows)}
 
 # %% ../nbs/05_drift.ipynb #9f4481bb
-def _column_row(profile: ReferenceProfile, name: str, values: pd.Series, thresholds: DriftThresholds) -> dict:
-    column = profile.columns[name]
-    if column["kind"] == "numeric":
-        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        found = numeric_statistics(profile.sorted_values[name], numbers, column["edges"], column["counts"],
-                                   column["std"])
-        missing_share = found["missing"] / max(len(values), 1)
-        return {"column": name, "kind": "numeric", **found, "missing_share": missing_share,
-                "reference_missing_share": column["missing"] / max(column["rows"], 1),
-                **(calibrated_test(profile, name, numbers, thresholds, ks=(found["ks"], found["ks_p"]))
-                   if thresholds.rule == "calibrated" else {})}
-    counts = category_counts(values, column["categories"])
+def column_summary(profile: ReferenceProfile, name: str,
+                   values: pd.Series,  # the rows' values of the column
+                   sketch_k: int | None = None,  # numeric columns: keep a KLL sketch of this size instead of the values
+                  ) -> dict:  # kind, rows, missing, and values (or sketch, psi_counts, cell_counts) or text counts
+    "What some rows of a window say about one column, in a form that merges across parts of the window."
+    if profile.kind(name) == "numeric":
+        numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        present = numbers[~np.isnan(numbers)]
+        summary = {"kind": "numeric", "rows": len(numbers), "missing": int(len(numbers) - len(present))}
+        if sketch_k is None:
+            return {**summary, "values": present}
+        return {**summary, **sketch_summary(profile, name, present, sketch_k)}
+    values = pd.Series(values)
+    return {"kind": "categorical", "rows": len(values), "missing": int(values.isna().sum()), "found": text_counts(values)}
+
+
+def merge_summaries(a: dict, b: dict) -> dict:
+    "The summary of two parts of a window (`column_summary` of each): counts added, values joined, sketches merged."
+    merged = {"kind": a["kind"], "rows": a["rows"] + b["rows"], "missing": a["missing"] + b["missing"]}
+    if "found" in a:
+        return {**merged, "found": a["found"].add(b["found"], fill_value=0).astype("int64")}
+    if "values" in a:
+        return {**merged, "values": np.concatenate([a["values"], b["values"]])}
+    return {**merged, **merge_sketches(a, b)}
+
+
+def summary_row(profile: ReferenceProfile, name: str, summary: dict, thresholds: DriftThresholds) -> dict:
+    "One column's row of a window's drift table, from the window's summary of it."
+    column, rows = profile.columns[name], summary["rows"]
+    missing = {"missing_share": summary["missing"] / max(rows, 1) if summary["kind"] == "numeric"
+               else (summary["missing"] / rows if rows else np.nan),
+               "reference_missing_share": column["missing"] / max(column["rows"], 1)}
+    calibrated = thresholds.rule == "calibrated"
+    if summary["kind"] == "numeric":
+        if "values" in summary:
+            found = numeric_statistics(profile.sorted_values[name], summary["values"], column["edges"],
+                                       column["counts"], column["std"])
+        else:
+            found = sketch_statistics(profile, name, summary)
+        found["missing"] = summary["missing"]
+        test = (calibrated_test(profile, name, summary.get("values"), thresholds, ks=(found["ks"], found["ks_p"]),
+                                counts=summary.get("cell_counts")) if calibrated else {})
+        return {"column": name, "kind": "numeric", **found, **missing, **test}
+    counts = counts_over(summary["found"], column["categories"])
     found = categorical_statistics(np.r_[column["counts"], 0], counts)
-    return {"column": name, "kind": "categorical", **found, "unseen": int(counts[-1]),
-            "missing_share": float(values.isna().mean()) if len(values) else np.nan,
-            "reference_missing_share": column["missing"] / max(column["rows"], 1),
-            **(calibrated_test(profile, name, values, thresholds) if thresholds.rule == "calibrated" else {})}
+    test = calibrated_test(profile, name, None, thresholds, counts=summary["found"]) if calibrated else {}
+    return {"column": name, "kind": "categorical", **found, "unseen": int(counts[-1]), **missing, **test}
 
 # %% ../nbs/05_drift.ipynb #68ae898d
 def bh_adjusted(p_values: np.ndarray) -> np.ndarray:
@@ -481,9 +532,10 @@ def window_drift(profile: ReferenceProfile,  # the reference
     workers = workers or min(16, os.cpu_count() or 1)
     if workers > 1 and len(columns) > 1 and len(window) >= 50_000:
         with ThreadPoolExecutor(workers) as pool:
-            rows = list(pool.map(lambda name: _column_row(profile, name, window[name], thresholds), columns))
+            rows = list(pool.map(lambda name: summary_row(profile, name, column_summary(profile, name, window[name]),
+                                                           thresholds), columns))
     else:
-        rows = [_column_row(profile, name, window[name], thresholds) for name in columns]
+        rows = [summary_row(profile, name, column_summary(profile, name, window[name]), thresholds) for name in columns]
     return decide(pd.DataFrame(rows), profile.rows, thresholds)
 
 # %% ../nbs/05_drift.ipynb #17535fd6
@@ -500,3 +552,56 @@ def dataset_drift(table: pd.DataFrame, thresholds: DriftThresholds | None = None
             "names": counted.loc[counted["drifted"], "column"].tolist(),
             "seasonal": table.loc[apart & table["drifted"], "column"].tolist() if len(table) else [],
             "rule": thresholds.rule}
+
+# %% ../nbs/05_drift.ipynb #2f326542
+SKETCH_K = 400  # KLL sketch size: a normalized rank error of about 0.7 % (`kll_doubles_sketch.get_normalized_rank_error`)
+
+
+def sketch_summary(profile: ReferenceProfile, name: str, present: np.ndarray, k: int = SKETCH_K) -> dict:
+    "A numeric column's mergeable summary without its values: a KLL sketch, and its counts over the frozen PSI bins and calibration cells."
+    from datasketches import kll_doubles_sketch
+
+    column = profile.columns[name]
+    sketch = kll_doubles_sketch(k)
+    sketch.update(present)
+    ordered = np.sort(present)
+    counts = lambda edges: np.diff(np.searchsorted(ordered, np.asarray(edges, "float64"), "right"), prepend=0,
+                                   append=len(ordered))
+    cells = profile.calibration.get(name) or profile.calibration.setdefault(name, calibration_cells(profile, name))
+    return {"sketch": sketch.serialize(), "psi_counts": counts(column["edges"]),
+            "cell_counts": None if cells["continuous"] else counts(cells["grid"])}
+
+
+def merge_sketches(a: dict, b: dict) -> dict:
+    "Two parts' sketch summaries as one: the KLL sketches merged, the counts added."
+    from datasketches import kll_doubles_sketch
+
+    sketch = kll_doubles_sketch.deserialize(a["sketch"])
+    sketch.merge(kll_doubles_sketch.deserialize(b["sketch"]))
+    cells = None if a["cell_counts"] is None else a["cell_counts"] + b["cell_counts"]
+    return {"sketch": sketch.serialize(), "psi_counts": a["psi_counts"] + b["psi_counts"], "cell_counts": cells}
+
+# %% ../nbs/05_drift.ipynb #50ec8f62
+def sketch_statistics(profile: ReferenceProfile, name: str, summary: dict) -> dict:
+    "KS, Wasserstein and PSI of a numeric column from a window's sketch summary, with the bounds the sketch's rank error puts on KS and Wasserstein."
+    from datasketches import kll_doubles_sketch
+
+    column, reference = profile.columns[name], profile.sorted_values[name]
+    sketch = kll_doubles_sketch.deserialize(summary["sketch"])
+    m, n = sketch.n, len(reference)
+    psi_value = psi(column["counts"], summary["psi_counts"])
+    if m == 0 or n == 0:
+        return {"rows": m, "ks": np.nan, "ks_p": np.nan, "wasserstein": np.nan, "wasserstein_norm": np.nan,
+                "psi": np.nan, "ks_error": np.nan, "wasserstein_norm_error": np.nan}
+    items, weights = (np.asarray(x, "float64") for x in zip(*sorted(sketch)))
+    points = np.union1d(reference, items)  # both CDFs are steps that move only here
+    below = np.searchsorted(items, points, "right")
+    window_cdf = np.r_[0.0, np.cumsum(weights)][below] / weights.sum()
+    gap = np.abs(np.searchsorted(reference, points, "right") / n - window_cdf)
+    ks, wasserstein = float(gap.max()), float(np.dot(gap[:-1], np.diff(points)))
+    error, std = sketch.normalized_rank_error(False), column["std"]
+    span = float(points[-1] - points[0])
+    scale = (lambda x: x / std) if std > 0 else (lambda x: 0.0 if x == 0 else np.inf)
+    return {"rows": m, "ks": ks, "ks_p": asymptotic_ks_p(ks, n, m), "wasserstein": wasserstein,
+            "wasserstein_norm": scale(wasserstein), "psi": psi_value, "ks_error": error,
+            "wasserstein_norm_error": scale(error * span)}

@@ -10,18 +10,22 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .batch import (
-    INPUT_PREFIX, KEY_PREFIX, input_columns, log_inputs, log_scores, output_values, read_log)
+    INPUT_PREFIX, KEY_PREFIX, input_columns, log_files, log_inputs, log_scores, output_values, read_log)
 from mllifecycle.core import (
     MLLifecycleError, ParamError, Run, check_bool, check_integer, check_number, missing_stage, open_run, read_json,
     save_figure)
 from .data import FeaturePipeline, Schema, check_frame, infer_schema, load_table, make_synthetic
 from .drift import (
-    DriftThresholds, ReferenceProfile, categorical_statistics, dataset_drift, load_profile, reference_profile,
-    save_profile, window_drift)
+    SKETCH_K, DriftThresholds, ReferenceProfile, categorical_statistics, column_summary, dataset_drift, decide,
+    load_profile, merge_summaries, reference_profile, save_profile, summary_row, window_drift)
 from .registry import (
     Predictor, Registry, RegistryReader, categorical_mask, features_matrix, other_data, sklearn_scores)
 from .retrain import (
@@ -41,8 +45,9 @@ __all__ = ['CBPE_DRAWS', 'DLE_FOLDS', 'MULTIVARIATE_ROWS', 'SIGNALS', 'SIGNAL_CO
            'MonitorResult', 'Promotion', 'Watch', 'multivariate_signals', 'measure', 'labels_arrived', 'labelled_rows',
            'judge_promotion', 'retrain_window', 'monitor_windows', 'plot_drift', 'plot_performance',
            'cumulative_metric', 'plot_comparison', 'headline', 'write_monitoring', 'reference_run', 'seasonal_from_run',
-           'rollback_from_log', 'monitor_log', 'detector_breaches', 'detector_study', 'StageModel', 'stage_model',
-           'replay_registry', 'stage_labels', 'MonitorStageResult', 'serving_figures', 'monitor_stage']
+           'rollback_from_log', 'window_edges', 'log_part_drift', 'cluster_drift', 'monitor_log', 'detector_breaches',
+           'detector_study', 'StageModel', 'stage_model', 'replay_registry', 'stage_labels', 'MonitorStageResult',
+           'serving_figures', 'monitor_stage']
 
 # %% ../nbs/05_monitor.ipynb #8085657e
 class MonitorError(MLLifecycleError):
@@ -546,6 +551,8 @@ class MonitorParams(DriftThresholds):
     epochs: int = DEFAULT_EPOCHS  # torch models: epochs of a retraining
     n_bootstrap: int = RETRAIN_BOOTSTRAP  # bootstrap resamples of the paired comparisons
     device: str = "cpu"  # where retraining runs ("auto" → CUDA when available)
+    exact_values: int = 20_000_000  # on Dask: a window with more numeric values than this gets KS/Wasserstein from sketches
+    sketch_k: int = SKETCH_K  # on Dask: the KLL sketches' size (a larger k, a smaller rank error)
 
     def __post_init__(self):
         super().__post_init__()
@@ -557,6 +564,10 @@ class MonitorParams(DriftThresholds):
         self.domain_margin = check_number("domain_margin", self.domain_margin, low=0, high=0.5)
         self.holdout_frac = check_number("holdout_frac", self.holdout_frac, low=0, high=0.9, low_open=True)
         self.promote_margin = check_number("promote_margin", self.promote_margin)
+        self.exact_values = check_integer("exact_values", self.exact_values, low=0)
+        self.sketch_k = check_integer("sketch_k", self.sketch_k, low=8)
+        if self.sketch_k > 65535:  # the largest KLL sketch
+            raise ParamError(f"sketch_k must be at most 65535, got {self.sketch_k}")
         for name in ("consecutive", "min_rows", "retrain_rows", "rollback_rows", "epochs", "n_bootstrap"):
             setattr(self, name, check_integer(name, getattr(self, name)))
         self.cooldown = check_integer("cooldown", self.cooldown, low=0)
@@ -699,7 +710,8 @@ class Watch:
 
     def __init__(self, monitored: Monitored, reference: ModelReference, params: MonitorParams, *,
                  registry: Registry | None = None, history: pd.DataFrame | None = None, replay: bool = False,
-                 workdir: str | Path | None = None, seasonal: list[str] | tuple = ()):
+                 workdir: str | Path | None = None, seasonal: list[str] | tuple = (),
+                 drift_tables: dict[int, pd.DataFrame] | None = None):
         from river.drift import ADWIN
 
         self.monitored, self.params, self.registry, self.history, self.replay = monitored, params, registry, history, replay
@@ -720,6 +732,7 @@ class Watch:
         self.delay = pd.Timedelta(_offset(params.label_delay))
         self.columns = drift_columns(self.first_model, params.exclude_columns)
         self.seasonal = [c for c in seasonal if c in self.columns]  # columns that move with time: reported apart
+        self.drift_tables = drift_tables  # per window, against the first reference: computed on a cluster
         self.rows, self.drift, self.signals, self.alerts, self.decisions, self.changes, self.pending = ([] for _ in range(7))
 
     def result(self) -> MonitorResult:
@@ -762,7 +775,10 @@ def measure(watch: Watch, w: dict):
         watch.decided[rows] = answered_values(model, watch.served[rows])
     scores, known = watch.served[rows], ~np.isnan(watch.target[rows])
     outputs = model.decide(scores).to_frame()
-    table = window_drift(watch.model_ref.inputs, log_inputs(part)[watch.columns], params.thresholds)
+    if watch.drift_tables is not None and watch.model_ref is watch.reference:
+        table = watch.drift_tables[w["window"]]
+    else:
+        table = window_drift(watch.model_ref.inputs, log_inputs(part)[watch.columns], params.thresholds)
     watch.drift.append(table.assign(window=w["window"], start=w["start"]))
     data = dataset_drift(table, params.thresholds, seasonal=watch.seasonal)
     out = window_drift(watch.model_ref.outputs, output_values(model, outputs).to_frame(), params.thresholds).iloc[0]
@@ -885,10 +901,11 @@ def monitor_windows(monitored: Monitored,  # the log, its labels and the model t
                     replay: bool = False,  # re-score later windows with a promoted model (a replay of history)
                     workdir: str | Path | None = None,  # where retraining runs go
                     seasonal: list[str] | tuple = (),  # input columns that move with time by design (reported apart)
+                    drift_tables: dict[int, pd.DataFrame] | None = None,  # per window: data drift from `cluster_drift`
                    ) -> MonitorResult:
     "Window by window: drift, prediction drift, the CBPE estimate, delayed labels, ADWIN, alerts, and retraining."
     watch = Watch(monitored, reference, params, registry=registry, history=history, replay=replay, workdir=workdir,
-                  seasonal=seasonal)
+                  seasonal=seasonal, drift_tables=drift_tables)
     retraining = params.retrain and registry is not None
     for w in watch.windows:
         measure(watch, w)
@@ -1102,10 +1119,73 @@ def rollback_from_log(registry: Registry, monitored: Monitored, params: MonitorP
     return rollback_if_worse(registry, monitored.predictor, registry.load(promotions[-1]["previous"]), rows, metric,
                              margin=params.promote_margin, n_bootstrap=params.n_bootstrap, seed=params.seed)
 
+# %% ../nbs/05_monitor.ipynb #20c8f6c9
+def window_edges(windows: list[dict]) -> np.ndarray:
+    "The boundaries of `log_windows`' windows as naive UTC datetime64[ns]: window k holds start_k ≤ t < start_k+1."
+    return np.array([_ns(w["start"]) for w in windows] + [_ns(windows[-1]["end"])], dtype="datetime64[ns]")
+
+
+def log_part_drift(file: str | Path,  # one part file of the prediction log
+                   profile: ReferenceProfile,  # the reference's input profile
+                   columns: list[str],  # the monitored input columns
+                   edges: np.ndarray,  # `window_edges`
+                   version: int | None,  # keep only this model version's answers (None: every row)
+                   sketched: frozenset = frozenset(),  # windows whose numeric columns are sketched, not sent whole
+                   sketch_k: int = SKETCH_K,
+                  ) -> dict[int, dict[str, dict]]:  # window → column → `column_summary`
+    "One log part's summary of every monitored column in every window it has rows in: one task of `cluster_drift`."
+    try:
+        table = pq.read_table(file, columns=["timestamp", "model_version", *[INPUT_PREFIX + c for c in columns]])
+    except (pa.ArrowInvalid, OSError, KeyError) as e:
+        raise MonitorError(f"prediction log part {file} cannot be read for drift: {e}") from None
+    frame = table.to_pandas()
+    if version is not None:
+        frame = frame[frame["model_version"].to_numpy() == version]
+    bins = np.searchsorted(edges, _ns(frame["timestamp"]), "right") - 1
+    found = {}
+    for window in np.unique(bins[(bins >= 0) & (bins < len(edges) - 1)]):
+        rows = frame[bins == window]
+        k = sketch_k if int(window) in sketched else None
+        found[int(window)] = {c: column_summary(profile, c, rows[INPUT_PREFIX + c], sketch_k=k) for c in columns}
+    return found
+
+# %% ../nbs/05_monitor.ipynb #be43587e
+def cluster_drift(client: Any,  # a `distributed.Client`
+                  files: list[Path],  # the log's part files (`log_files`)
+                  profile: ReferenceProfile, columns: list[str],
+                  windows: list[dict],  # `log_windows` of the monitored rows
+                  version: int | None,
+                  thresholds: DriftThresholds,
+                  exact_values: int = 20_000_000,  # a window with more numeric values than this is sketched
+                  sketch_k: int = SKETCH_K,
+                 ) -> dict[int, pd.DataFrame]:  # window → its drift table, as `window_drift` gives it
+    "Every window's drift table from a partitioned log, computed part by part on a Dask cluster and merged."
+    from distributed import as_completed
+
+    numeric = sum(profile.kind(c) == "numeric" for c in columns)
+    sketched = frozenset(w["window"] for w in windows if len(w["rows"]) * numeric > exact_values)
+    reference = client.scatter(profile, broadcast=True)  # the sorted reference values travel once per worker
+    futures = client.map(log_part_drift, [str(f) for f in files], profile=reference, columns=columns,
+                         edges=window_edges(windows), version=version, sketched=sketched, sketch_k=sketch_k,
+                         pure=False)
+    merged: dict[int, dict[str, dict]] = {}
+    try:
+        for future in as_completed(futures):
+            for window, summaries in future.result().items():
+                merged[window] = summaries if window not in merged else {
+                    c: merge_summaries(merged[window][c], s) for c, s in summaries.items()}
+            future.release()
+    finally:
+        for future in futures:
+            future.cancel()
+    return {window: decide(pd.DataFrame([summary_row(profile, c, s, thresholds) for c, s in summaries.items()]),
+                           profile.rows, thresholds) for window, summaries in merged.items()}
+
 # %% ../nbs/05_monitor.ipynb #f3fc40bc
 def monitor_log(params: MonitorParams,  # registry_dir, log_path and labels_path name the inputs
                 reference_dir: str | Path | None = None,  # the run whose data trained the served version
                 run_dir: str | Path | None = None,  # where monitoring/ is written (None: a fresh temporary run)
+                client: Any = None,  # a `distributed.Client`: every window's data drift is computed on its cluster
                ) -> tuple[Run, MonitorResult]:
     "Monitor a served model's prediction log: the latest version in it, against its training reference; retrain when asked."
     if params.log_path is None:
@@ -1134,10 +1214,17 @@ def monitor_log(params: MonitorParams,  # registry_dir, log_path and labels_path
     save_reference(run, reference)
     judged = rollback_from_log(registry, monitored, params, metric) if params.retrain and labels is not None else None
     rolled_back = judged is not None and judged["action"] == "rolled back"  # then no retraining in this call
+    tables = None
+    if client is not None:
+        tables = cluster_drift(client, log_files(params.log_path), reference.inputs,
+                               drift_columns(predictor, params.exclude_columns),
+                               log_windows(monitored.log["timestamp"], params.window), version, params.thresholds,
+                               params.exact_values, params.sketch_k)
     result = monitor_windows(monitored, reference, params,
                              registry=registry if params.retrain and not rolled_back else None,
                              history=pd.concat(splits.values(), ignore_index=True), replay=False,
-                             workdir=run.file("monitoring/retraining-runs"), seasonal=seasonal_from_run(source))
+                             workdir=run.file("monitoring/retraining-runs"), seasonal=seasonal_from_run(source),
+                             drift_tables=tables)
     if judged is not None:
         result.decisions.insert(0, {"window": None, "time": pd.Timestamp.now(tz="UTC"), **judged})
     write_monitoring(run, result, predictor, params, {"log": str(params.log_path), "version": version,

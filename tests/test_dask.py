@@ -168,3 +168,61 @@ def test_cli_predict_on_a_local_cluster_writes_a_finished_folder(served_registry
     assert done.returncode == 0, done.stderr
     assert "dask: 2 worker(s)" in done.stdout and f"{len(frame):,} rows → " in done.stdout
     every_row_once(read_log(tmp_path / "scored"), len(frame))
+
+
+@pytest.fixture(scope="module")
+def log_parts(drift_world, tmp_path_factory):
+    "The drift world's batch log as four part files, as a server writes it."
+    import pyarrow.parquet as pq
+
+    folder = tmp_path_factory.mktemp("log-parts")
+    table = pq.read_table(drift_world["root"] / "log.parquet")
+    for i, rows in enumerate(np.array_split(np.arange(table.num_rows), 4)):
+        pq.write_table(table.slice(rows[0], len(rows)), folder / f"part-{i}.parquet")
+    return folder
+
+
+def monitor_params(drift_world, log_parts, **changes):
+    from mllifecycle.monitor import MonitorParams
+
+    return MonitorParams(registry_dir=str(drift_world["registry"].root), log_path=str(log_parts), window="2D",
+                         label_delay="1D", retrain=False, n_bootstrap=100, multivariate=False, **changes)
+
+
+def test_dask_drift_equals_the_local_drift_exactly(drift_world, log_parts, client, tmp_path):
+    from mllifecycle.monitor import monitor_log
+
+    _, local = monitor_log(monitor_params(drift_world, log_parts), run_dir=tmp_path / "local")
+    run, on_dask = monitor_log(monitor_params(drift_world, log_parts), run_dir=tmp_path / "dask", client=client)
+    assert len(local.drift) > 0 and local.drift["window"].nunique() >= 3
+    pd.testing.assert_frame_equal(on_dask.drift, local.drift)
+    pd.testing.assert_frame_equal(on_dask.windows, local.windows)
+    assert [a["signal"] for a in on_dask.alerts] == [a["signal"] for a in local.alerts]
+    assert run.exists("monitoring/drift.json")
+
+
+def test_dask_drift_from_sketches_stays_within_the_stated_bound(drift_world, log_parts, client, tmp_path):
+    from mllifecycle.monitor import monitor_log
+
+    _, local = monitor_log(monitor_params(drift_world, log_parts), run_dir=tmp_path / "local")
+    _, sketched = monitor_log(monitor_params(drift_world, log_parts, exact_values=0), run_dir=tmp_path / "dask",
+                              client=client)
+    exact, found = local.drift.set_index(["window", "column"]), sketched.drift.set_index(["window", "column"])
+    numeric = found["kind"] == "numeric"
+    assert numeric.sum() >= 8 and (found.loc[numeric, "ks_error"] > 0).all()
+    assert ((found["ks"] - exact["ks"]).abs()[numeric] <= found.loc[numeric, "ks_error"]).all()
+    gap = (found["wasserstein_norm"] - exact["wasserstein_norm"]).abs()[numeric]
+    assert (gap <= found.loc[numeric, "wasserstein_norm_error"]).all()
+    for merged_exactly in ("psi", "missing_share"):  # counts over frozen bins: the same figures
+        np.testing.assert_allclose(found[merged_exactly], exact[merged_exactly], rtol=1e-12)
+    categorical = ~numeric
+    pd.testing.assert_series_equal(found.loc[categorical, "chi2"], exact.loc[categorical, "chi2"])
+
+
+def test_cli_monitor_on_a_local_cluster(drift_world, log_parts, tmp_path):
+    done = mllifecycle("monitor", "--registry", drift_world["registry"].root, "--log", log_parts, "--window", "2D",
+                       "--label-delay", "1D", "--multivariate", "false", "--out", tmp_path / "out", "--engine", "dask",
+                       "--scheduler", "local:2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "dask: 2 worker(s)" in done.stdout and "windows of 2D" in done.stdout
+    assert (tmp_path / "out" / "monitoring" / "drift.json").exists()
