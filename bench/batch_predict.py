@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 SLICE_ROWS = 1_000_000
 
 
-def make_input(path: Path, rows: int, seed: int = 0):
-    "The synthetic file, generated and written one row group at a time (bounded memory)."
+def make_input(path: Path, rows: int, seed: int = 0, row_group_rows: int = SLICE_ROWS):
+    "The synthetic file, generated and written 1 M rows at a time (bounded memory), in row groups of `row_group_rows`."
     from mllifecycle.data import make_synthetic
 
     writer, done, part = None, 0, 0
@@ -35,7 +35,7 @@ def make_input(path: Path, rows: int, seed: int = 0):
                                start=f"2024-01-{1 + part % 28:02d}")
         table = pa.Table.from_pandas(frame, preserve_index=False)
         writer = writer or pq.ParquetWriter(path, table.schema)
-        writer.write_table(table)
+        writer.write_table(table, row_group_size=row_group_rows)
         done, part = done + n, part + 1
     writer.close()
 

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from .core import (ArtifactError, MLLifecycleError, ParamError, atomic_write_text, check_integer,
                               file_sha256, read_json, write_json)
 from .data import (DATETIME_PARTS, DataError, Features, Schema, check_expression, code_mapping,
-                              evaluate_expression, scale_numeric)
+                              dataset_files, evaluate_expression, scale_numeric)
 from .registry import PREDICTION, Predictions, Predictor, RegistryReader, probability_column
 
 # %% auto #0
@@ -41,10 +41,10 @@ __all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFI
            'MANIFEST_FILE', 'LOG_TIME', 'BatchError', 'shadow_column', 'input_columns', 'output_fields', 'log_schema',
            'log_timestamps', 'log_table', 'text_columns', 'LoggedBatch', 'logged_inputs', 'record_columns',
            'no_answers', 'joined_answers', 'logged_table', 'write_log_part', 'PredictionLog', 'log_files', 'read_log',
-           'log_inputs', 'log_scores', 'output_values', 'parse_part', 'dataset_files', 'input_units', 'check_parts',
-           'read_chunks', 'prefetch', 'in_order', 'plain_numbers', 'arrow_codes', 'ArrowEncoder', 'chunk_column',
-           'score_chunk', 'temporary_output', 'remove_abandoned', 'math_threads', 'read_columns', 'predict_file',
-           'BatchJob', 'job_model', 'unit_key', 'part_path', 'finished_part', 'score_unit', 'start_job', 'run_units',
+           'log_inputs', 'log_scores', 'output_values', 'parse_part', 'input_units', 'check_parts', 'read_chunks',
+           'prefetch', 'in_order', 'plain_numbers', 'arrow_codes', 'ArrowEncoder', 'chunk_column', 'score_chunk',
+           'temporary_output', 'remove_abandoned', 'math_threads', 'read_columns', 'predict_file', 'BatchJob',
+           'job_model', 'unit_key', 'part_path', 'finished_part', 'score_unit', 'start_job', 'run_units',
            'predict_dataset']
 
 # %% ../nbs/04_batch.ipynb #591b51cb
@@ -432,23 +432,6 @@ def parse_part(part: str | tuple[int, int]) -> tuple[int, int]:
     return index, count
 
 # %% ../nbs/04_batch.ipynb #0d33c593
-def dataset_files(path: str | Path) -> list[Path]:
-    "The files of a dataset: one file, the `.parquet` parts of a folder, or the files a glob (`data/*.parquet`) names."
-    text = str(path)
-    path = Path(text).expanduser()
-    if not path.exists() and any(c in text for c in "*?["):
-        files = sorted(Path(f) for f in glob.glob(str(path)) if Path(f).is_file())
-        if not files:
-            raise BatchError(f"input {text} matches no file")
-        return files
-    if not path.exists():
-        raise BatchError(f"input {path} does not exist")
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    if not files:
-        raise BatchError(f"input folder {path} holds no .parquet files")
-    return files
-
-
 def input_units(path: str | Path,  # a Parquet file, a folder of Parquet parts, a glob of them, or a CSV file
                 part: str | tuple[int, int] = "1/1",  # this process's share
                ) -> list[tuple[Path, int | None, int]]:  # (file, row group or None for CSV, first row number)
@@ -856,13 +839,14 @@ def score_unit(job: BatchJob,  # the job
                index: int,  # the unit's number: its part is `part_path(job.output, index)`
                unit: tuple[Path, int | None, int],  # (file, row group, first row), from `input_units`
                key: dict,  # its fingerprint (`unit_key`), taken when the job started
-              ) -> dict:  # the part's manifest entry: part, rows, sha256, unit, skipped
+              ) -> dict:  # the part's manifest entry: part, rows, sha256, unit; and skipped, seconds
     "Score one unit of a job in parts into its part file, or keep the part a previous run finished."
-    path = part_path(job.output, index)
+    started, path = time.perf_counter(), part_path(job.output, index)
     sidecar = path.with_name(path.name + ".sha256")
     if finished_part(path, job.job, key):
         rows = pq.ParquetFile(path).metadata.num_rows
-        return {"part": path.name, "rows": rows, "sha256": sidecar.read_text().strip(), "unit": key, "skipped": True}
+        return {"part": path.name, "rows": rows, "sha256": sidecar.read_text().strip(), "unit": key, "skipped": True,
+                "seconds": 0.0}
     if unit_key(unit) != key:
         raise BatchError(f"input {unit[0]} changed while the job ran (row group {unit[1]})")
     predictor, encoder = job_model(job.registry, job.version, job.device)
@@ -884,7 +868,8 @@ def score_unit(job: BatchJob,  # the job
         atomic_write_text(sidecar, digest + "\n")
     finally:
         temporary.unlink(missing_ok=True)
-    return {"part": path.name, "rows": rows, "sha256": digest, "unit": key, "skipped": False}
+    return {"part": path.name, "rows": rows, "sha256": digest, "unit": key, "skipped": False,
+            "seconds": time.perf_counter() - started}
 
 # %% ../nbs/04_batch.ipynb #a8ad04ea
 def start_job(output: Path,  # the output folder
@@ -949,7 +934,8 @@ def run_units(job: BatchJob,  # the job
                 bar.update(keys[index]["rows"])
         finally:
             for future in futures:
-                future.cancel()
+                if not future.done():
+                    future.cancel()
             if pool is not None:
                 pool.shutdown(wait=True)
     return entries
@@ -967,7 +953,7 @@ def predict_dataset(registry: str | Path,  # the model registry's folder
                     device: str = "cpu",  # torch models: where to run
                     workers: int | None = None,  # threads, without a client; None → one per core, plus one
                     progress: bool = True,  # a tqdm progress bar
-                   ) -> dict:  # rows, parts, skipped, seconds, rows_per_s, model_version, output
+                   ) -> dict:  # rows, parts, skipped, seconds, rows_per_s, model_version, output, part_seconds
     "Score a Parquet dataset into a folder of parts, one per row group, on threads or a Dask cluster; a rerun finishes it."
     workers = min(8, (os.cpu_count() or 1) + 1) if workers is None else check_integer("workers", workers)
     chunk_rows = check_integer("chunk_rows", chunk_rows)
@@ -1004,4 +990,4 @@ def predict_dataset(registry: str | Path,  # the model registry's folder
     seconds = time.perf_counter() - started
     return {"output": str(output), "rows": rows, "parts": len(entries), "skipped": sum(e["skipped"] for e in entries),
             "seconds": round(seconds, 3), "rows_per_s": round(rows / max(seconds, 1e-9), 1),
-            "model_version": version}
+            "model_version": version, "part_seconds": [round(e["seconds"], 4) for e in entries]}

@@ -535,6 +535,8 @@ def dask_client(scheduler: str,  # a scheduler address, or "local:N"
     from distributed import Client, LocalCluster
 
     workers, cluster = local_workers(scheduler), None
+    quiet, level = logging.getLogger("distributed"), logging.getLogger("distributed").level
+    quiet.setLevel(logging.WARNING)  # Dask's own INFO lines (workers joining, keys cancelled) are not the user's news
     try:
         if workers is not None:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -545,8 +547,14 @@ def dask_client(scheduler: str,  # a scheduler address, or "local:N"
     except (OSError, TimeoutError) as e:
         if cluster is not None:
             cluster.close()
+        quiet.setLevel(level)
         raise EngineError(f"cannot reach the Dask scheduler at {scheduler}: {str(e).splitlines()[0]}") from None
     try:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            raise EngineError(f"the Dask scheduler at {scheduler} has no worker after {timeout:g} s: start workers "
+                              f"with `dask worker {client.scheduler.address}`") from None
         if echo is not None:
             count = len(client.scheduler_info().get("workers", {}))
             echo(f"dask: {count} worker(s) at {client.scheduler.address}; dashboard {client.dashboard_link}")
@@ -555,3 +563,4 @@ def dask_client(scheduler: str,  # a scheduler address, or "local:N"
         client.close()
         if cluster is not None:
             cluster.close()
+        quiet.setLevel(level)

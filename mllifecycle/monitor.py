@@ -1177,7 +1177,8 @@ def cluster_drift(client: Any,  # a `distributed.Client`
             future.release()
     finally:
         for future in futures:
-            future.cancel()
+            if not future.done():
+                future.cancel()
     return {window: decide(pd.DataFrame([summary_row(profile, c, s, thresholds) for c, s in summaries.items()]),
                            profile.rows, thresholds) for window, summaries in merged.items()}
 
