@@ -38,14 +38,14 @@ from .registry import PREDICTION, Predictions, Predictor, RegistryReader, probab
 
 # %% auto #0
 __all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFIX', 'SHADOW_VERSION', 'PARTS_FORMAT', 'JOB_FILE',
-           'MANIFEST_FILE', 'LOG_TIME', 'BatchError', 'shadow_column', 'input_columns', 'output_fields', 'log_schema',
-           'log_timestamps', 'log_table', 'text_columns', 'LoggedBatch', 'logged_inputs', 'record_columns',
-           'no_answers', 'joined_answers', 'logged_table', 'write_log_part', 'PredictionLog', 'log_files', 'read_log',
-           'log_inputs', 'log_scores', 'output_values', 'parse_part', 'input_units', 'check_parts', 'read_chunks',
-           'prefetch', 'in_order', 'plain_numbers', 'arrow_codes', 'ArrowEncoder', 'chunk_column', 'score_chunk',
-           'temporary_output', 'remove_abandoned', 'math_threads', 'read_columns', 'predict_file', 'BatchJob',
-           'job_model', 'unit_key', 'part_path', 'finished_part', 'score_unit', 'start_job', 'run_units',
-           'predict_dataset']
+           'MANIFEST_FILE', 'LOG_TIME', 'BatchError', 'shadow_column', 'required_columns', 'input_columns',
+           'output_fields', 'log_schema', 'log_timestamps', 'log_table', 'text_columns', 'LoggedBatch', 'logged_inputs',
+           'record_columns', 'no_answers', 'joined_answers', 'logged_table', 'write_log_part', 'PredictionLog',
+           'log_files', 'read_log', 'log_inputs', 'log_scores', 'output_values', 'parse_part', 'input_units',
+           'check_parts', 'read_chunks', 'prefetch', 'in_order', 'plain_numbers', 'arrow_codes', 'ArrowEncoder',
+           'chunk_column', 'score_chunk', 'temporary_output', 'remove_abandoned', 'math_threads', 'read_columns',
+           'predict_file', 'BatchJob', 'job_model', 'unit_key', 'part_path', 'finished_part', 'score_unit', 'start_job',
+           'run_units', 'predict_dataset']
 
 # %% ../nbs/04_batch.ipynb #591b51cb
 class BatchError(DataError):
@@ -66,9 +66,14 @@ def shadow_column(name: str) -> str:
     return SHADOW_PREFIX + name
 
 # %% ../nbs/04_batch.ipynb #3c2d732b
+def required_columns(predictor: Predictor) -> list[str]:
+    "The columns every row given to a model must hold: its schema's feature and time columns."
+    return [c.name for c in predictor.schema.columns.values() if c.role in ("feature", "time")]
+
+
 def input_columns(predictor: Predictor) -> list[str]:
     "The raw columns a model reads: its schema's feature and time columns, then any other column a derived feature uses."
-    names = [c.name for c in predictor.schema.columns.values() if c.role in ("feature", "time")]
+    names = required_columns(predictor)
     for expression in predictor.pipeline.derived.values():
         names += [n for n in check_expression(expression) if n not in names]
     return names
@@ -596,7 +601,7 @@ class ArrowEncoder:
     def __init__(self, predictor: Predictor):
         self.predictor, self.pipeline = predictor, predictor.pipeline
         self.pipeline.check_fitted()
-        self.needed = [c.name for c in predictor.schema.columns.values() if c.role in ("feature", "time")]
+        self.needed = required_columns(predictor)
         self.used = sorted({n for e in self.pipeline.derived.values() for n in check_expression(e)})
 
     def _numbers(self, batch: pa.RecordBatch) -> dict[str, np.ndarray] | None:
@@ -731,7 +736,7 @@ def read_columns(predictor: Predictor, time_column: str | None = None) -> tuple[
     wanted = list(dict.fromkeys([*predictor.schema.names("id"), *input_columns(predictor),
                                  *([time_column] if time_column else [])]))
     text = predictor.schema.names("feature", "categorical") + predictor.schema.names("id")
-    return wanted, text, [c.name for c in predictor.schema.columns.values() if c.role in ("feature", "time")]
+    return wanted, text, required_columns(predictor)
 
 # %% ../nbs/04_batch.ipynb #faee5c6e
 def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("champion")`)
