@@ -60,6 +60,29 @@ def make_registry(folder: Path) -> Path:
     return registry.root
 
 
+def prepared(folder: Path, rows: int, row_group_rows: int = SLICE_ROWS) -> tuple[Path, Path]:
+    "The benchmark's input file and registry under `folder`, made when they are not there yet."
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = "" if row_group_rows == SLICE_ROWS else f"-{row_group_rows}"
+    source = folder / f"synthetic-{rows}{suffix}.parquet"
+    if not source.exists():
+        started = time.perf_counter()
+        make_input(source, rows, row_group_rows=row_group_rows)
+        print(f"wrote {source} ({source.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - started:.0f} s",
+              flush=True)
+    if not (folder / "registry" / "registry.json").exists():
+        make_registry(folder)
+    return source, folder / "registry"
+
+
+def run_apart(script: str, *arguments) -> dict:
+    "Run `script --one ARGUMENTS` in a process of its own (so that its peak RSS is its own); its last line's JSON."
+    done = subprocess.run([sys.executable, script, "--one", *map(str, arguments)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def naive(predictor, source: Path, output: Path) -> int:
     "Read it all, predict 1 M-row slices, write at the end."
     import pandas as pd
@@ -99,25 +122,10 @@ def main():
         print(json.dumps(one_way(*args.one)))
         return
     folder = Path(args.folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    source = folder / f"synthetic-{args.rows}.parquet"
-    if not source.exists():
-        started = time.perf_counter()
-        make_input(source, args.rows)
-        print(f"wrote {source} ({source.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - started:.0f} s",
-              flush=True)
-    registry = folder / "registry"
-    if not (registry / "registry.json").exists():
-        make_registry(folder)
+    source, registry = prepared(folder, args.rows)
     results = {}
     for mode in ("naive", "streaming"):
-        done = subprocess.run([sys.executable, __file__, "--one", mode, str(registry), str(source),
-                               str(folder / f"out-{mode}.parquet")], capture_output=True, text=True)
-        if done.returncode != 0:
-            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-            results[mode] = {"error": last}
-        else:
-            results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+        results[mode] = run_apart(__file__, mode, registry, source, folder / f"out-{mode}.parquet")
         print(mode, results[mode], flush=True)
     streaming, chunked = results["streaming"], results["naive"]
     print(json.dumps({"rows": args.rows, "rows_per_s": streaming.get("rows_per_s"),

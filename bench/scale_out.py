@@ -13,13 +13,12 @@ overhead says what more workers on more cores would cost. Last line: one JSON ob
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from batch_predict import make_input, make_registry  # noqa: E402  the same file and model as the batch benchmark
+from batch_predict import prepared, run_apart  # noqa: E402  the same file and model as the batch benchmark
 
 
 def peak_rss_gb() -> float:
@@ -78,26 +77,12 @@ def main():
         print(json.dumps(one_way(engine, int(workers), *paths)))
         return
     folder = Path(args.folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    source = folder / f"synthetic-{args.rows}-{args.row_group_rows}.parquet"
-    if not source.exists():
-        started = time.perf_counter()
-        make_input(source, args.rows, row_group_rows=args.row_group_rows)
-        print(f"wrote {source} ({source.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - started:.0f} s",
-              flush=True)
-    registry = folder / "registry"
-    if not (registry / "registry.json").exists():
-        make_registry(folder)
+    source, registry = prepared(folder, args.rows, args.row_group_rows)
     ways = [("local", max(args.workers))] + [("dask", n) for n in args.workers]
     results = []
     for engine, workers in ways:
-        done = subprocess.run([sys.executable, __file__, "--one", engine, str(workers), str(registry), str(source),
-                               str(folder / f"out-{engine}-{workers}")], capture_output=True, text=True)
-        if done.returncode != 0:
-            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-            results.append({"engine": engine, "workers": workers, "error": last})
-        else:
-            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append({"engine": engine, "workers": workers,
+                        **run_apart(__file__, engine, workers, registry, source, folder / f"out-{engine}-{workers}")})
         print(results[-1], flush=True)
     local = results[0].get("rows_per_s")
     print(json.dumps({"rows": args.rows, "row_group_rows": args.row_group_rows, "local_rows_per_s": local,
