@@ -332,6 +332,7 @@ def engine_options(parser: argparse.ArgumentParser):
                                             "cluster of N workers on this machine (default: local:<cores>)")
 
 
+# %% ../nbs/08_cli.ipynb #bd9f296f
 def _predict_options(parser: argparse.ArgumentParser):
     _registry_options(parser)
     parser.add_argument("--input", required=True, help="a Parquet file, a folder or glob of Parquet parts, or a CSV file")

@@ -210,6 +210,7 @@ def parquet_schema(files: list[Path]) -> pa.Schema:
         raise DataError(f"the parts of {files[0].parent} have mixed schemas: {e}") from None
 
 
+# %% ../nbs/01_data.ipynb #195847df
 def _range(column: pa.ChunkedArray | pa.Array) -> tuple[Any, Any]:
     kind = column.type
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_timestamp(kind)):
