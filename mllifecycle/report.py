@@ -124,10 +124,14 @@ def data_section(run_path: Path) -> str | None:
     splits = read_artifact(run_path, "data/splits.json")
     if dataset is None:
         return None
+    read = (quality or {}).get("read") or {}
     facts = [("source", dataset.get("source")), ("rows", dataset.get("rows")), ("columns", dataset.get("columns")),
              ("target", dataset.get("target")), ("task", dataset.get("task")),
              ("classes", dataset.get("classes") if dataset.get("task") == "classification" else None),
              ("content hash", (dataset.get("sha256") or "")[:16])]
+    if "rows_profiled" in read:  # what the data stage read: every row profiled, a sample kept
+        facts.insert(2, ("rows read", f"{read['rows_profiled']:,} profiled in {read['files']} file(s), "
+                                      f"{read['rows_kept']:,} kept"))
     split_rows = []
     if splits and "rows" in splits:
         periods, shares = splits.get("periods") or {}, splits.get("positive_share") or {}
