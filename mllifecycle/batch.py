@@ -500,6 +500,7 @@ def read_chunks(units: list[tuple[Path, int | None, int]],  # from `input_units`
                 columns: list[str],  # the columns to read (those present are read)
                 chunk_rows: int = 65536,  # rows per chunk
                 text_columns: list[str] = (),  # read as text from a CSV
+                dictionary_columns: list[str] = (),  # Parquet text columns read as dictionaries: each value decoded once
                ) -> Iterator[tuple[int, pd.DataFrame | pa.RecordBatch]]:  # (first row number, rows)
     "Read the units in chunks of at most `chunk_rows` rows (Arrow batches from Parquet, frames from CSV), with each chunk's first row."
     for file, group, first in units:
@@ -516,6 +517,9 @@ def read_chunks(units: list[tuple[Path, int | None, int]],  # from `input_units`
         try:
             parquet = pq.ParquetFile(file)
             present = [c for c in columns if c in parquet.schema_arrow.names]
+            coded = [c for c in dictionary_columns if c in present]  # a column that is not text stays as it is
+            if coded:
+                parquet = pq.ParquetFile(file, read_dictionary=coded, metadata=parquet.metadata)
             for batch in parquet.iter_batches(batch_size=chunk_rows, row_groups=[group], columns=present):
                 yield first, batch
                 first += batch.num_rows
@@ -586,11 +590,16 @@ def plain_numbers(column: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
 
 
 def arrow_codes(column: pa.Array, lookup: dict[str, int], folded: dict[str, int]) -> np.ndarray | None:
-    "`category_codes` of an Arrow text or integer column: each distinct value looked up once; None for other types."
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-            or pa.types.is_integer(column.type)):
+    "`category_codes` of an Arrow text, integer or dictionary column: each distinct value looked up once; None for other types."
+    plain = lambda kind: pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+    if pa.types.is_dictionary(column.type):  # as Parquet stores text: already encoded
+        if not plain(column.type.value_type) or column.dictionary.null_count:
+            return None
+        encoded = column
+    elif plain(column.type):
+        encoded = pc.dictionary_encode(column)
+    else:
         return None
-    encoded = pc.dictionary_encode(column)
     mapping = code_mapping(encoded.dictionary.to_pylist(), lookup, folded)  # a null's index, -1, takes MISSING
     return mapping[encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)]
 
@@ -668,8 +677,9 @@ def score_chunk(predictor: Predictor,  # the model
     "Score one chunk through the predict interface into its rows of the prediction log."
     tick = time.perf_counter()
     features = encoder.encode(chunk) if encoder is not None and isinstance(chunk, pa.RecordBatch) else None
-    if features is None and isinstance(chunk, pa.RecordBatch):
-        chunk = chunk.to_pandas()  # the frame path checks and converts what Arrow holds as it is
+    if features is None and isinstance(chunk, pa.RecordBatch):  # the frame path checks and converts what Arrow holds
+        chunk = pa.RecordBatch.from_arrays([c.dictionary_decode() if pa.types.is_dictionary(c.type) else c
+                                            for c in chunk.columns], names=chunk.schema.names).to_pandas()
     rows = len(chunk)
     try:
         answers = predictor.decide(predictor.scores(features)) if features is not None else predictor.predict(chunk)
@@ -775,7 +785,7 @@ def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("
     try:
         with pq.ParquetWriter(temporary, schema, use_dictionary=text_columns(schema)) as writer, math_threads(1), \
                 tqdm(total=total, unit="rows", unit_scale=True, disable=not progress, desc="predict") as bar:
-            chunks = prefetch(read_chunks(units, wanted, chunk_rows, text))
+            chunks = prefetch(read_chunks(units, wanted, chunk_rows, text, predictor.pipeline.categorical))
             for table in in_order(lambda first, frame: score(frame, first=first), chunks, workers):
                 if stop is not None and stop.is_set():
                     raise BatchError(f"stopped after {rows:,} rows (asked to stop): {output} was not written")
@@ -862,7 +872,7 @@ def score_unit(job: BatchJob,  # the job
     temporary, rows = temporary_output(path), 0
     try:
         with pq.ParquetWriter(temporary, schema, use_dictionary=text_columns(schema)) as writer:
-            for first, chunk in read_chunks([unit], wanted, job.chunk_rows, text):
+            for first, chunk in read_chunks([unit], wanted, job.chunk_rows, text, predictor.pipeline.categorical):
                 table = score_chunk(predictor, schema, chunk, first=first, job=job.job, source=unit[0],
                                     time_column=job.time_column, encoder=encoder)
                 writer.write_table(table.replace_schema_metadata(schema.metadata))
