@@ -9,7 +9,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-
 from typing import Any
 
 import numpy as np
