@@ -43,9 +43,9 @@ __all__ = ['LOG_FORMAT', 'LOG_META', 'INPUT_PREFIX', 'KEY_PREFIX', 'SHADOW_PREFI
            'record_columns', 'no_answers', 'joined_answers', 'logged_table', 'write_log_part', 'PredictionLog',
            'log_files', 'read_log', 'log_inputs', 'log_scores', 'output_values', 'parse_part', 'input_units',
            'check_parts', 'read_chunks', 'prefetch', 'in_order', 'plain_numbers', 'arrow_codes', 'ArrowEncoder',
-           'chunk_column', 'score_chunk', 'temporary_output', 'remove_abandoned', 'math_threads', 'read_columns',
-           'predict_file', 'BatchJob', 'job_model', 'unit_key', 'part_path', 'finished_part', 'score_unit', 'start_job',
-           'run_units', 'predict_dataset']
+           'chunk_column', 'score_chunk', 'temporary_output', 'remove_abandoned', 'scoring_threads', 'math_threads',
+           'read_columns', 'predict_file', 'BatchJob', 'job_model', 'unit_key', 'part_path', 'finished_part',
+           'score_unit', 'start_job', 'run_units', 'predict_dataset']
 
 # %% ../nbs/04_batch.ipynb #591b51cb
 class BatchError(DataError):
@@ -724,6 +724,11 @@ def remove_abandoned(output: Path) -> list[Path]:
     return removed
 
 # %% ../nbs/04_batch.ipynb #34bff62b
+def scoring_threads(workers: int | None) -> int:
+    "How many chunks a batch job scores at once on threads: `workers`, or one per core plus one (at most 8)."
+    return min(8, (os.cpu_count() or 1) + 1) if workers is None else check_integer("workers", workers)
+
+
 @contextlib.contextmanager
 def math_threads(threads: int):
     "Hold the math libraries (OpenMP/BLAS through threadpoolctl, and torch) to `threads` threads while the block runs."
@@ -764,7 +769,7 @@ def predict_file(predictor: Predictor,  # the model (e.g. `Registry(root).load("
     "Score a file of any size in bounded memory into a prediction-log Parquet file."
     from tqdm.auto import tqdm
 
-    workers = min(8, (os.cpu_count() or 1) + 1) if workers is None else check_integer("workers", workers)
+    workers = scoring_threads(workers)
     chunk_rows = check_integer("chunk_rows", chunk_rows)
     output = Path(output).expanduser().resolve()
     if output.suffix != ".parquet":
@@ -970,7 +975,7 @@ def predict_dataset(registry: str | Path,  # the model registry's folder
                     progress: bool = True,  # a tqdm progress bar
                    ) -> dict:  # rows, parts, skipped, seconds, rows_per_s, model_version, output, part_seconds
     "Score a Parquet dataset into a folder of parts, one per row group, on threads or a Dask cluster; a rerun finishes it."
-    workers = min(8, (os.cpu_count() or 1) + 1) if workers is None else check_integer("workers", workers)
+    workers = scoring_threads(workers)
     chunk_rows = check_integer("chunk_rows", chunk_rows)
     reader = RegistryReader(registry)
     version = reader.resolve(ref)

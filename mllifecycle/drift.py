@@ -17,13 +17,13 @@ from .core import ArtifactError, MLLifecycleError, check_bool, check_choice, che
 
 # %% auto #0
 __all__ = ['DRIFT_RULES', 'MISSING', 'UNSEEN', 'PROFILE_FORMAT', 'PSI_FLOOR', 'KS_EXACT_MAX', 'CALIBRATION_CELLS', 'TAIL_DRAWS',
-           'MIN_EXPECTED', 'SKETCH_K', 'DriftError', 'DriftThresholds', 'ReferenceProfile', 'reference_profile',
-           'save_profile', 'load_profile', 'psi', 'asymptotic_ks_p', 'numeric_statistics', 'text_counts', 'counts_over',
-           'category_counts', 'categorical_statistics', 'calibration_cells', 'category_cells', 'ks_over_cells',
-           'chi2_over_cells', 'no_drift_statistics', 'calibrated_p_value', 'large_counts', 'calibrated_test',
-           'column_summary', 'merge_summaries', 'summary_row', 'bh_adjusted', 'evidently_verdicts',
-           'calibrated_verdicts', 'decide', 'window_drift', 'dataset_drift', 'sketch_summary', 'merge_sketches',
-           'sketch_statistics']
+           'MIN_EXPECTED', 'SKETCH_K', 'DriftError', 'DriftThresholds', 'ReferenceProfile', 'bin_counts',
+           'reference_profile', 'save_profile', 'load_profile', 'psi', 'asymptotic_ks_p', 'numeric_statistics',
+           'text_counts', 'counts_over', 'category_counts', 'categorical_statistics', 'calibration_cells',
+           'column_cells', 'category_cells', 'ks_over_cells', 'chi2_over_cells', 'no_drift_statistics',
+           'calibrated_p_value', 'large_counts', 'calibrated_test', 'column_summary', 'merge_summaries', 'summary_row',
+           'bh_adjusted', 'evidently_verdicts', 'calibrated_verdicts', 'decide', 'window_drift', 'dataset_drift',
+           'sketch_summary', 'merge_sketches', 'sketch_statistics']
 
 # %% ../nbs/05_drift.ipynb #a7529be1
 class DriftError(MLLifecycleError):
@@ -88,6 +88,13 @@ class ReferenceProfile:
         return self.columns[name]["kind"]
 
 # %% ../nbs/05_drift.ipynb #2b1bb6c2
+def bin_counts(ordered: np.ndarray,  # sorted values
+               edges: list | np.ndarray,  # bin edges, ascending: bin k holds edges[k-1] < x ≤ edges[k]
+              ) -> np.ndarray:  # len(edges) + 1 counts
+    "How many of the sorted values fall in each bin that the edges cut (the last bin: above every edge)."
+    return np.diff(np.searchsorted(ordered, np.asarray(edges, "float64"), "right"), prepend=0, append=len(ordered))
+
+
 def reference_profile(frame: pd.DataFrame,  # the reference rows (e.g. the training split's inputs)
                       columns: list[str] | None = None,  # columns to profile; None → every column
                       thresholds: DriftThresholds | None = None,
@@ -112,7 +119,7 @@ def reference_profile(frame: pd.DataFrame,  # the reference rows (e.g. the train
             present = np.sort(present[~np.isnan(present)])
         if numeric and len(present) and len(np.unique(present)) > thresholds.min_unique:
             edges = np.unique(np.quantile(present, np.linspace(0, 1, thresholds.psi_bins + 1)[1:-1]))
-            counts = np.diff(np.searchsorted(present, edges, "right"), prepend=0, append=len(present))
+            counts = bin_counts(present, edges)
             profiles[name] = {"kind": "numeric", "rows": len(values), "missing": int(len(values) - len(present)),
                               "std": float(np.std(present)), "edges": edges.tolist(), "counts": counts.tolist()}
             sorted_values[name] = present
@@ -208,7 +215,7 @@ def numeric_statistics(reference: np.ndarray,  # the reference's sorted non-miss
         ks_p = float(ks_2samp(reference, current).pvalue)
     else:
         ks_p = asymptotic_ks_p(ks, n, m)
-    counts = np.diff(np.searchsorted(current, np.asarray(edges, "float64"), "right"), prepend=0, append=m)
+    counts = bin_counts(current, edges)
     std = float(np.std(reference)) if std is None else std
     return {"rows": m, "missing": missing, "ks": ks, "ks_p": ks_p, "wasserstein": wasserstein,
             "wasserstein_norm": wasserstein / std if std > 0 else (0.0 if wasserstein == 0 else np.inf),
@@ -276,9 +283,14 @@ def calibration_cells(profile: ReferenceProfile, name: str, cells: int = CALIBRA
         grid = values[starts][:-1]  # every distinct value but the last, where both CDFs are 1
     else:
         grid = np.unique(np.quantile(values, np.linspace(0, 1, cells + 1)[1:-1]))
-    counts = np.diff(np.searchsorted(values, grid, "right"), prepend=0, append=len(values))
+    counts = bin_counts(values, grid)
     continuous = largest_atom == 1 or largest_atom * cells <= len(values)  # no value is common: no ties to speak of
     return {"grid": grid, "counts": counts, "continuous": continuous}
+
+
+def column_cells(profile: ReferenceProfile, name: str) -> dict:
+    "A numeric column's `calibration_cells`, worked out once per profile and kept in it."
+    return profile.calibration.get(name) or profile.calibration.setdefault(name, calibration_cells(profile, name))
 
 
 def category_cells(profile: ReferenceProfile, name: str, found: pd.Series,  # `text_counts` of the window's values
@@ -380,7 +392,7 @@ def calibrated_test(profile: ReferenceProfile, name: str,
 
     thresholds = thresholds or DriftThresholds()
     if profile.kind(name) == "numeric":
-        cells = profile.calibration.get(name) or profile.calibration.setdefault(name, calibration_cells(profile, name))
+        cells = column_cells(profile, name)
         numbers = (None if values is None else
                    pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64", na_value=np.nan))
         if cells["continuous"]:
@@ -390,7 +402,7 @@ def calibrated_test(profile: ReferenceProfile, name: str,
             return {"calibrated_test": "ks", "calibrated_statistic": ks[0], "calibrated_p": ks[1]}
         if counts is None:
             current = np.sort(numbers[~np.isnan(numbers)])
-            counts = np.diff(np.searchsorted(current, cells["grid"], "right"), prepend=0, append=len(current))
+            counts = bin_counts(current, cells["grid"])
         reference = cells["counts"]
         kind, test = "numeric", "ks_permutation"
     else:
@@ -564,12 +576,9 @@ def sketch_summary(profile: ReferenceProfile, name: str, present: np.ndarray, k:
     column = profile.columns[name]
     sketch = kll_doubles_sketch(k)
     sketch.update(present)
-    ordered = np.sort(present)
-    counts = lambda edges: np.diff(np.searchsorted(ordered, np.asarray(edges, "float64"), "right"), prepend=0,
-                                   append=len(ordered))
-    cells = profile.calibration.get(name) or profile.calibration.setdefault(name, calibration_cells(profile, name))
-    return {"sketch": sketch.serialize(), "psi_counts": counts(column["edges"]),
-            "cell_counts": None if cells["continuous"] else counts(cells["grid"])}
+    ordered, cells = np.sort(present), column_cells(profile, name)
+    return {"sketch": sketch.serialize(), "psi_counts": bin_counts(ordered, column["edges"]),
+            "cell_counts": None if cells["continuous"] else bin_counts(ordered, cells["grid"])}
 
 
 def merge_sketches(a: dict, b: dict) -> dict:
