@@ -33,7 +33,7 @@ __all__ = ['TRACKED_PACKAGES', 'CHECKSUMS', 'ENGINES', 'MLLifecycleError', 'Para
            'parameter_help', 'parameter_defaults', 'parameters_cell', 'parameters_from', 'check_seed',
            'seed_everything', 'choose_device', 'package_versions', 'package_dir', 'git_commit', 'capture_env',
            'torch_env', 'verify_checksum', 'Run', 'new_run_id', 'open_run', 'missing_stage', 'save_figure',
-           'EngineError', 'check_engine', 'local_workers', 'dask_client']
+           'EngineError', 'check_engine', 'local_workers', 'restore_environ', 'dask_client']
 
 # %% ../nbs/00_core.ipynb #22c21e48
 class MLLifecycleError(Exception):
@@ -523,6 +523,13 @@ def local_workers(scheduler: str) -> int | None:
         raise ParamError(f"scheduler local:N needs a whole number of workers, got {scheduler!r}") from None
 
 # %% ../nbs/00_core.ipynb #999d7c05
+def restore_environ(saved: dict[str, str]):
+    "Put this process's environment back as `saved`: a later subprocess (a notebook's kernel) must not inherit a change."
+    for name in [n for n in os.environ if n not in saved]:
+        del os.environ[name]
+    os.environ.update(saved)
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str,  # a scheduler address, or "local:N"
                 *,
@@ -535,6 +542,7 @@ def dask_client(scheduler: str,  # a scheduler address, or "local:N"
     from distributed import Client, LocalCluster
 
     workers, cluster = local_workers(scheduler), None
+    environ = dict(os.environ)  # distributed sets OMP_NUM_THREADS=1 (and more) here for its workers: put back after
     quiet, level = logging.getLogger("distributed"), logging.getLogger("distributed").level
     quiet.setLevel(logging.WARNING)  # Dask's own INFO lines (workers joining, keys cancelled) are not the user's news
     try:
@@ -548,6 +556,7 @@ def dask_client(scheduler: str,  # a scheduler address, or "local:N"
         if cluster is not None:
             cluster.close()
         quiet.setLevel(level)
+        restore_environ(environ)
         raise EngineError(f"cannot reach the Dask scheduler at {scheduler}: {str(e).splitlines()[0]}") from None
     try:
         try:
@@ -564,3 +573,4 @@ def dask_client(scheduler: str,  # a scheduler address, or "local:N"
         if cluster is not None:
             cluster.close()
         quiet.setLevel(level)
+        restore_environ(environ)
