@@ -1,11 +1,15 @@
-"The `mllifecycle` command end to end: default run, a user's CSV, and one readable line on every failure."
+"""The `mllifecycle` command: the default run, a user's CSV, parameters from a file and the command line, and one
+readable line and a non-zero exit on every failure of every command; unusual valid input is scored."""
 import html
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conftest import artifact_files, mllifecycle
+
+from mllifecycle.batch import read_log
 
 from mllifecycle.core import Run, parameter_defaults, to_jsonable
 from mllifecycle.data import DataParams
@@ -23,6 +27,7 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_run_with_no_arguments_prepares_the_flights_data(default_run):
     tmp_path, run_dir = default_run.cwd, default_run.run_dir
     assert run_dir.parent == tmp_path / "runs"
@@ -72,6 +77,7 @@ def test_run_with_no_arguments_prepares_the_flights_data(default_run):
     assert Registry(tmp_path / "runs" / "registry").resolve("champion") == registered["version"]
 
 
+@pytest.mark.slow
 def test_run_on_a_users_csv(tmp_path, synthetic_csv):
     result = mllifecycle("run", "-p", "data_path", synthetic_csv.name, "-p", "target", "y", "--run-dir", "myrun",
                          "--stages", "data,train", cwd=synthetic_csv.parent)
@@ -84,6 +90,7 @@ def test_run_on_a_users_csv(tmp_path, synthetic_csv):
     assert run.read_json("models/mlp/config.json")["kind"] == "binary"  # and trained a model on it
 
 
+@pytest.mark.slow
 def test_params_file_and_overrides(tmp_path, synthetic_csv):
     (tmp_path / "params.yaml").write_text(f"data_path: {synthetic_csv}\ntarget: y\nsplit: time\n")
     result = mllifecycle("run", "--params", "params.yaml", "-p", "split", "random", "--run-dir", "r",
@@ -92,13 +99,15 @@ def test_params_file_and_overrides(tmp_path, synthetic_csv):
     assert Run(tmp_path / "r").read_json("data/splits.json")["method"] == "random"
 
 
+@pytest.mark.slow
 def test_failing_stage_is_one_line_and_leaves_no_artifacts(tmp_path, synthetic_csv):
     result = mllifecycle("run", "-p", "data_path", str(synthetic_csv), "-p", "target", "label", "--run-dir", "bad",
                          cwd=tmp_path)
     assert_one_line_error(result, "stage 'data' failed", "DataError", "target column 'label' not found")
-    assert artifact_files(tmp_path / "bad") in ([], ["env.json", "params.json"])
+    assert artifact_files(tmp_path / "bad") == ["env.json", "params.json"]  # the run's record; no stage artifact
 
 
+@pytest.mark.slow
 def test_failing_training_stage_is_one_line_and_keeps_the_data(tmp_path):
     "A parameter that only the data can refute (an RMSE early-stopping metric for a binary target) fails in its stage."
     result = mllifecycle("run", "-p", "metric", "rmse", "-p", "sample_rows", "3000", "--run-dir", "r", cwd=tmp_path)
@@ -122,17 +131,17 @@ def test_failing_training_stage_is_one_line_and_keeps_the_data(tmp_path):
     (["--params", "nope.yaml"], ["parameter file not found"]),
     (["--stages", "trian"], ["unknown stage(s) ['trian']"]),
 ])
-def test_bad_command_lines(tmp_path, args, fragments):
-    assert_one_line_error(mllifecycle("run", *args, cwd=tmp_path), *fragments)
+def test_bad_command_lines(tmp_path, args, fragments, mllifecycle_here):
+    assert_one_line_error(mllifecycle_here("run", *args, cwd=tmp_path), *fragments)
 
 
-def test_malformed_params_file(tmp_path):
+def test_malformed_params_file(tmp_path, mllifecycle_here):
     (tmp_path / "p.json").write_text('{"sample_rows": 10,,}')
-    assert_one_line_error(mllifecycle("run", "--params", "p.json", cwd=tmp_path), "not valid JSON")
+    assert_one_line_error(mllifecycle_here("run", "--params", "p.json", cwd=tmp_path), "not valid JSON")
 
 
-def test_params_command_lists_stage_parameters(tmp_path):
-    result = mllifecycle("params", cwd=tmp_path)
+def test_params_command_lists_stage_parameters(tmp_path, mllifecycle_here):
+    result = mllifecycle_here("params", cwd=tmp_path)
     assert result.returncode == 0 and "[data]" in result.stdout
     assert any(line.startswith(f"  sample_rows = {DataParams().sample_rows!r}  # ") for line in result.stdout.splitlines())
 
@@ -143,40 +152,103 @@ def test_params_command_lists_stage_parameters(tmp_path):
     (["-p", "data_path", "nope.csv", "-p", "target", "y"], ["data file not found"]),
     (["-p", "leak_threshold", "2"], ["leak_threshold must be a finite number ≥ 0.5 and ≤ 1, got 2"]),
 ])
-def test_parameters_are_refused_before_any_stage_and_leave_no_run(tmp_path, args, fragments):
-    result = mllifecycle("run", *args, "--run-dir", "r", cwd=tmp_path)
+def test_parameters_are_refused_before_any_stage_and_leave_no_run(tmp_path, args, fragments,
+                                                                   mllifecycle_here):
+    result = mllifecycle_here("run", *args, "--run-dir", "r", cwd=tmp_path)
     assert_one_line_error(result, *fragments)
     assert "stage '" not in result.stderr  # refused before the first stage started
     assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()
 
 
-def test_registry_refuses_a_champion_of_other_data_unless_forced(tmp_path, synthetic_csv):
-    "Two tables register into one registry; the second's model does not silently replace the first's champion."
-    from tables import regression
-
-    regression(300).to_csv(tmp_path / "prices.csv", index=False)
-    small = ["-p", "n_trials", "0", "-p", "epochs", "3", "-p", "candidate_epochs", "3", "-p", "cv_folds", "0",
-             "-p", "n_bootstrap", "100", "-p", "candidates", '["linear", "hgb"]']
-    stages = ["--stages", "data,train,validate"]  # validation registers; serving and monitoring add nothing here
-    first = mllifecycle("run", "-p", "data_path", str(synthetic_csv), "-p", "target", "y", *small, "--run-dir", "a",
-                        *stages, cwd=tmp_path)
-    second = mllifecycle("run", "-p", "data_path", "prices.csv", "-p", "target", "target", *small, "--run-dir", "b",
-                         *stages, cwd=tmp_path)
-    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
-    decision = Run(tmp_path / "b").read_json("validation/registry.json")
-    assert decision["alias"] is None and "other data" in decision["reason"]
-    listed = mllifecycle("registry", "list", cwd=tmp_path)
-    assert "synthetic.csv" in listed.stdout and "prices.csv" in listed.stdout and "target" in listed.stdout
-    refused = mllifecycle("registry", "promote", "2", cwd=tmp_path)
-    assert_one_line_error(refused, "is a model of other data than the champion", "--force")
-    forced = mllifecycle("registry", "promote", "2", "--force", "--reason", "prices now", cwd=tmp_path)
-    assert forced.returncode == 0, forced.stderr
-    history = json.loads((tmp_path / "runs" / "registry" / "registry.json").read_text())["history"]
-    assert history[-1]["version"] == 2 and history[-1]["forced_over"]
-
-
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
-def test_a_device_this_machine_lacks_is_refused_before_any_stage(tmp_path):
-    result = mllifecycle("run", "-p", "device", "cuda", "--run-dir", "r", cwd=tmp_path)
+def test_a_device_this_machine_lacks_is_refused_before_any_stage(tmp_path, mllifecycle_here):
+    result = mllifecycle_here("run", "-p", "device", "cuda", "--run-dir", "r", cwd=tmp_path)
     assert_one_line_error(result, "CUDA is not available on this machine")
     assert "stage '" not in result.stderr and not (tmp_path / "r").exists()
+
+
+# --- every command: bad input is one line and a non-zero exit; unusual valid input works ----------------------------
+
+@pytest.fixture(scope="module")
+def cli_world(served_registry, tmp_path_factory):
+    "Files for the command-line cases: a single-row file, an empty one, a corrupt one, a table that is not a log."
+    folder = tmp_path_factory.mktemp("cli")
+    test = served_registry["prepared"].splits["test"].reset_index(drop=True)
+    test.head(1).to_parquet(folder / "one-row.parquet")
+    test.head(0).to_parquet(folder / "empty.parquet")
+    test.drop(columns=["num_0"]).to_parquet(folder / "no-num_0.parquet")
+    (folder / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    (folder / "empty-folder").mkdir()
+    (folder / "bad.csv").write_text('a,b\n1,"unterminated\n')
+    (folder / "run-file").write_text("not a run directory")
+    pd.DataFrame({"x": [1, 2]}).to_parquet(folder / "not-a-log.parquet")
+    return folder
+
+
+def one_line_failure(args: list[str], cwd: Path, capsys) -> str:
+    "Run `mllifecycle ARGS` in this process; assert a non-zero exit and one readable line, and return it."
+    from mllifecycle.cli import main
+
+    capsys.readouterr()
+    status = main(args)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert status not in (0, None), (args, err)
+    assert len(lines) == 1 and lines[0].startswith("mllifecycle: error: "), (args, err)
+    return lines[0]
+
+
+BAD_COMMANDS = {  # name → (arguments, a fragment of the one line)
+    "predict: missing input": (["predict", "--input", "nope.parquet", "--output", "o.parquet"], "does not exist"),
+    "predict: empty folder": (["predict", "--input", "empty-folder", "--output", "o.parquet"], "holds no .parquet"),
+    "predict: corrupt file": (["predict", "--input", "corrupt.parquet", "--output", "o.parquet"], "not a readable"),
+    "predict: no rows": (["predict", "--input", "empty.parquet", "--output", "o.parquet"], "no rows to score"),
+    "predict: a column missing": (["predict", "--input", "no-num_0.parquet", "--output", "o.parquet"], "num_0"),
+    "predict: bad CSV": (["predict", "--input", "bad.csv", "--output", "o.parquet"], "cannot be read as CSV"),
+    "predict: output over input": (["predict", "--input", "one-row.parquet", "--output", "one-row.parquet"],
+                                   "would overwrite the input"),
+    "predict: bad part": (["predict", "--input", "one-row.parquet", "--output", "o.parquet", "--part", "3/2"], "part"),
+    "monitor: missing log": (["monitor", "--log", "nope"], "does not exist"),
+    "monitor: not a log": (["monitor", "--log", "not-a-log.parquet"], "is not a prediction log"),
+    "monitor: corrupt log": (["monitor", "--log", "corrupt.parquet"], "cannot be read"),
+    "serve: unknown alias": (["serve", "--alias", "nope"], "no version has alias 'nope'"),
+    "serve: bad port": (["serve", "--port", "70000"], "port must be at most 65535"),
+    "serve: bad timeout": (["serve", "--read-timeout-s", "0"], "read_timeout_s"),
+    "registry promote: unknown version": (["registry", "promote", "99"], "unknown version 99"),
+    "registry promote: bad alias": (["registry", "promote", "1", "--alias", "Bad Alias"], "alias"),
+    "report: missing run": (["report", "no-such-run"], "no-such-run"),
+    "report: a file, not a run": (["report", "run-file"], "run-file"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_COMMANDS))
+def test_bad_input_to_every_command_is_one_line(case, served_registry, cli_world, capsys, monkeypatch):
+    args, fragment = BAD_COMMANDS[case]
+    monkeypatch.chdir(cli_world)
+    registry = [] if args[0] == "report" else ["--registry", str(served_registry["root"])]
+    command = 2 if args[0] == "registry" else 1
+    quiet = ["--no-progress"] if args[0] == "predict" else []  # the progress bar shares stderr
+    line = one_line_failure([*args[:command], *registry, *args[command:], *quiet], cli_world, capsys)
+    assert fragment in line, line
+
+
+def test_registry_commands_without_a_registry_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for args in (["registry", "list"], ["registry", "rollback"], ["serve"], ["predict", "--input", "x.parquet",
+                                                                            "--output", "o.parquet"]):
+        assert "no model registry at" in one_line_failure(args, tmp_path, capsys)
+
+
+def test_unusual_valid_inputs_are_scored(served_registry, cli_world, tmp_path, capsys, monkeypatch):
+    "A single-row file, and a file with extra columns whose names hold spaces and unicode."
+    from mllifecycle.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    test = served_registry["prepared"].splits["test"].reset_index(drop=True).head(50)
+    test.assign(**{"a column with spaces": 1.0, "température °C": 2.0, "航班": "x"}).to_parquet("odd.parquet")
+    for source in (str(cli_world / "one-row.parquet"), "odd.parquet"):
+        assert main(["predict", "--registry", str(served_registry["root"]), "--input", source, "--output", "out.parquet",
+                     "--inputs", "--no-progress"]) == 0, capsys.readouterr().err
+        assert len(read_log("out.parquet")) == len(pd.read_parquet(source))
+
+

@@ -7,14 +7,16 @@ import importlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import LIFECYCLE, chromium, launch_chromium
+from conftest import LIFECYCLE, chromium, launch_chromium, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["index"] + sorted(re.sub(r"^\d+_", "", p.stem) for p in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"))
@@ -41,6 +43,7 @@ def exported_names():
             for name, module in modules.items()}
 
 
+@pytest.mark.slow
 def test_every_notebook_has_a_page_with_its_prose_and_outputs(site):
     for page in PAGES:
         assert (site / f"{page}.html").is_file(), page
@@ -53,6 +56,7 @@ def test_every_notebook_has_a_page_with_its_prose_and_outputs(site):
     assert positions == sorted(positions)  # navigation in lifecycle order
 
 
+@pytest.mark.slow
 def test_every_exported_function_has_its_show_doc_and_api_entry(site):
     api = (site / "api.html").read_text(encoding="utf-8")
     pages = {re.sub(r"^\d+_", "", p.stem): p for p in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb")}
@@ -65,6 +69,7 @@ def test_every_exported_function_has_its_show_doc_and_api_entry(site):
             assert re.search(rf"<h[34][^>]*>{re.escape(name)}", html), f"{name} has no show_doc on {page}.html"
 
 
+@pytest.mark.slow
 def test_site_asks_nothing_of_the_network_and_has_a_search_index(site):
     for page in PAGES + ["api"]:
         html = (site / f"{page}.html").read_text(encoding="utf-8")
@@ -75,6 +80,7 @@ def test_site_asks_nothing_of_the_network_and_has_a_search_index(site):
     assert {doc["location"].split("#")[0] for doc in index["docs"]} >= {f"{p}.html" for p in PAGES}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="no Chromium installed: `apt-get install -y chromium` (Debian) "
                                                 "or set CHROMIUM to a Chromium binary to run the browser test")
 def test_pages_render_in_a_real_browser_with_figures_and_no_errors(site):
@@ -109,3 +115,43 @@ def test_pages_render_in_a_real_browser_with_figures_and_no_errors(site):
     assert not problems, problems
     assert not outside, outside
     assert figures["validate"] >= 5 and figures["monitor"] >= 3, figures
+
+
+def test_an_interrupted_docs_build_leaves_no_notebook_running(tmp_path):
+    import psutil
+
+    notebook = tmp_path / "slow-notebook.ipynb"
+    notebook.write_text(json.dumps({"cells": [{"cell_type": "code", "execution_count": None, "id": "a",
+                                               "metadata": {}, "outputs": [],
+                                               "source": ["import time\n", "time.sleep(600)"]}],
+                                    "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    root = Path(__file__).resolve().parent.parent
+    build = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(root / 'docs')!r})
+        from pathlib import Path
+        import hooks
+        hooks.CACHE = Path({str(tmp_path / 'cache')!r})
+        hooks.executed_notebooks([Path({str(notebook)!r})], workers=1)""")])
+
+    def notebook_processes():
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if str(notebook) in " ".join(process.info["cmdline"] or []) and process.pid != build.pid:
+                    found.append(process)
+            except psutil.Error:
+                pass
+        return found
+
+    try:
+        wait_for(lambda: notebook_processes() or build.poll() is not None, what="the notebook's process")
+        assert build.poll() is None
+        build.send_signal(signal.SIGTERM)
+        assert build.wait(60) != 0
+        wait_for(lambda: not notebook_processes(), seconds=30, what="the notebook processes' exit")
+    finally:
+        build.kill()
+        for process in notebook_processes():
+            process.kill()
+
+

@@ -1,11 +1,13 @@
-"""Monitoring on a small synthetic world with a known concept drift: the replay's decisions, bad input, the CLI."""
+"""Monitoring on a small synthetic world with a known concept drift: the replay's decisions, bad input, the CLI;
+every task monitored and retrained; the label-free estimates' bands and the multivariate detectors; drift on a Dask
+LocalCluster equal to the local drift, or within a sketch's bound."""
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import copy_registry
+from conftest import copy_registry, mllifecycle
 from mllifecycle.batch import predict_file, read_log
 from mllifecycle.cli import main
 from mllifecycle.core import open_run
@@ -82,6 +84,7 @@ def test_a_reference_of_another_model_is_refused(drift_world, tmp_path):
         monitor_log(params, reference_dir=other_run.path, run_dir=tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_cli_monitor_retrains_then_judges_its_promotion(drift_world, tmp_path, capsys):
     registry = copy_registry(drift_world["registry"], tmp_path)
     stream = drift_world["run"].file("data/stream.parquet")
@@ -156,6 +159,7 @@ def test_every_task_is_monitored_and_retrained(kind, tmp_path):
     assert better[after].all() and not better[~after].any()
 
 
+@pytest.mark.slow
 def test_shadow_evidence_and_a_live_servers_metrics(drift_world, tmp_path):
     "A log with a shadow model's answers gives a paired comparison; --metrics-url records a live server's figures."
     import pyarrow as pa
@@ -183,3 +187,142 @@ def test_shadow_evidence_and_a_live_servers_metrics(drift_world, tmp_path):
     with pytest.raises(ServeError, match="cannot read"):
         monitor_log(MonitorParams(registry_dir=str(drift_world["registry"].root), log_path=str(tmp_path / "shadowed.parquet"),
                                   retrain=False, metrics_url="http://127.0.0.1:9"), run_dir=tmp_path / "out2")
+
+
+# --- label-free estimates and multivariate detectors, with their bands; the detector study ------------------
+
+@pytest.mark.parametrize("metric", ["auroc", "accuracy"])
+def test_the_cbpe_band_covers_the_realised_metric_at_its_nominal_rate(metric):
+    from types import SimpleNamespace
+
+    from mllifecycle.monitor import cbpe_band, metric_value
+
+    model = SimpleNamespace(kind="binary", threshold=0.5, classes=[0, 1])  # what the band reads of a predictor
+    rng = np.random.default_rng(1)
+    n_windows, covered = 300, 0
+    for k in range(n_windows):
+        scores = rng.beta(2, 3, 500)  # a calibrated model: each label is 1 with its score's probability
+        target = (rng.random(500) < scores).astype(float)
+        low, high = cbpe_band(model, metric, scores, None, seed=k)
+        realised = metric_value(model, metric, target, scores)
+        covered += low <= realised <= high
+    spread = 3 * np.sqrt(0.95 * 0.05 / n_windows)
+    assert abs(covered / n_windows - 0.95) < spread, covered / n_windows
+
+
+def test_dle_band_covers_the_realised_rmse_at_its_nominal_rate():
+    from mllifecycle.data import make_synthetic
+    from mllifecycle.monitor import dle, fit_loss_model, metric_value, study_model
+
+    n_windows, size = 300, 500
+    data = make_synthetic(7000 + n_windows * size, n_numeric=6, n_categorical=2, n_categories=8, task="regression",
+                          seed=4).drop(columns="timestamp")
+    model = study_model(data.iloc[:4000], 0, "regression")
+    valid = data.iloc[4000:7000]
+    features = model.features(valid)
+    loss = fit_loss_model(model, features, model.scores(features), model.encode_labels(valid["target"]))
+    stream = data.iloc[7000:]
+    features = model.features(stream)
+    scores, target = model.scores(features), model.encode_labels(stream["target"])
+    covered = 0
+    for k in range(n_windows):
+        rows = np.arange(k * size, (k + 1) * size)
+        from mllifecycle.monitor import subset_features
+
+        estimate, low, high = dle(loss, "rmse", subset_features(features, rows), scores[rows])
+        covered += low <= metric_value(model, "rmse", target[rows], scores[rows]) <= high
+    spread = 3 * np.sqrt(0.95 * 0.05 / n_windows)
+    assert abs(covered / n_windows - 0.95) < spread, covered / n_windows
+
+
+def test_the_multivariate_detectors_stay_quiet_without_drift_and_fire_on_a_shift():
+    from mllifecycle.data import make_synthetic
+    from mllifecycle.monitor import (domain_classifier, fit_multivariate, multivariate_matrix, reconstruction_signal,
+                                     study_model)
+
+    data = make_synthetic(16_000, n_numeric=6, n_categorical=2, n_categories=8, seed=1).drop(columns="timestamp")
+    model = study_model(data.iloc[:4000], 0)
+    state = fit_multivariate(model, data.iloc[:6000])
+    quiet = {"reconstruction": 0, "domain": 0}
+    for k in range(12):  # windows of the same population
+        x = multivariate_matrix(model.features(data.iloc[6000 + 500 * k:6500 + 500 * k]), state["names"])
+        quiet["reconstruction"] += reconstruction_signal(state, x)["breached"]
+        quiet["domain"] += domain_classifier(state, x, seed=k)["breached"]
+    assert quiet["reconstruction"] <= 1 and quiet["domain"] <= 1, quiet
+    moved = data.iloc[6000:6500].assign(num_0=lambda d: d["num_0"] + d["num_0"].std())
+    x = multivariate_matrix(model.features(moved), state["names"])
+    assert reconstruction_signal(state, x)["breached"] and domain_classifier(state, x)["breached"]
+def test_each_injected_drift_is_caught_by_its_detector():
+    from mllifecycle.monitor import detector_study
+
+    study = detector_study(kinds=("covariate", "prior", "concept"), widths=(0.0,), n_rows=12_000, window_rows=800)
+    delay = study.pivot(index="detector", columns="drift", values="delay_windows")
+    assert delay.loc["data drift: KS/chi² + BH", "covariate, abrupt"] <= 1
+    assert delay.loc["label drift: chi²", "prior, abrupt"] <= 1
+    assert delay.loc["ADWIN on errors", "concept, abrupt"] <= 1
+    assert delay.loc["performance: AUROC", "concept, abrupt"] <= 1
+    # and the input detectors are blind to drifts that leave the inputs alone
+    assert np.isinf(delay.loc["data drift: KS/chi² + BH", "concept, abrupt"])
+
+
+# --- drift on a Dask LocalCluster of two workers ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def log_parts(drift_world, tmp_path_factory):
+    "The drift world's batch log as four part files, as a server writes it."
+    import pyarrow.parquet as pq
+
+    folder = tmp_path_factory.mktemp("log-parts")
+    table = pq.read_table(drift_world["root"] / "log.parquet")
+    for i, rows in enumerate(np.array_split(np.arange(table.num_rows), 4)):
+        pq.write_table(table.slice(rows[0], len(rows)), folder / f"part-{i}.parquet")
+    return folder
+
+
+def monitor_params(drift_world, log_parts, **changes):
+    from mllifecycle.monitor import MonitorParams
+
+    return MonitorParams(registry_dir=str(drift_world["registry"].root), log_path=str(log_parts), window="2D",
+                         label_delay="1D", retrain=False, n_bootstrap=100, multivariate=False, **changes)
+
+
+@pytest.mark.slow
+def test_dask_drift_equals_the_local_drift_exactly(drift_world, log_parts, dask_cluster, tmp_path):
+    from mllifecycle.monitor import monitor_log
+
+    _, local = monitor_log(monitor_params(drift_world, log_parts), run_dir=tmp_path / "local")
+    run, on_dask = monitor_log(monitor_params(drift_world, log_parts), run_dir=tmp_path / "dask", client=dask_cluster)
+    assert len(local.drift) > 0 and local.drift["window"].nunique() >= 3
+    pd.testing.assert_frame_equal(on_dask.drift, local.drift)
+    pd.testing.assert_frame_equal(on_dask.windows, local.windows)
+    assert [a["signal"] for a in on_dask.alerts] == [a["signal"] for a in local.alerts]
+    assert run.exists("monitoring/drift.json")
+
+
+@pytest.mark.slow
+def test_dask_drift_from_sketches_stays_within_the_stated_bound(drift_world, log_parts, dask_cluster, tmp_path):
+    from mllifecycle.monitor import monitor_log
+
+    _, local = monitor_log(monitor_params(drift_world, log_parts), run_dir=tmp_path / "local")
+    _, sketched = monitor_log(monitor_params(drift_world, log_parts, exact_values=0), run_dir=tmp_path / "dask",
+                              client=dask_cluster)
+    exact, found = local.drift.set_index(["window", "column"]), sketched.drift.set_index(["window", "column"])
+    numeric = found["kind"] == "numeric"
+    assert numeric.sum() >= 8 and (found.loc[numeric, "ks_error"] > 0).all()
+    assert ((found["ks"] - exact["ks"]).abs()[numeric] <= found.loc[numeric, "ks_error"]).all()
+    gap = (found["wasserstein_norm"] - exact["wasserstein_norm"]).abs()[numeric]
+    assert (gap <= found.loc[numeric, "wasserstein_norm_error"]).all()
+    for merged_exactly in ("psi", "missing_share"):  # counts over frozen bins: the same figures
+        np.testing.assert_allclose(found[merged_exactly], exact[merged_exactly], rtol=1e-12)
+    categorical = ~numeric
+    pd.testing.assert_series_equal(found.loc[categorical, "chi2"], exact.loc[categorical, "chi2"])
+
+
+@pytest.mark.slow
+def test_cli_monitor_on_a_local_cluster(drift_world, log_parts, tmp_path):
+    done = mllifecycle("monitor", "--registry", drift_world["registry"].root, "--log", log_parts, "--window", "2D",
+                       "--label-delay", "1D", "--multivariate", "false", "--out", tmp_path / "out", "--engine", "dask",
+                       "--scheduler", "local:2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "dask: 2 worker(s)" in done.stdout and "windows of 2D" in done.stdout
+    assert (tmp_path / "out" / "monitoring" / "drift.json").exists()

@@ -1,4 +1,5 @@
-"""Runs side by side: `mllifecycle runs` and `compare` on runs the suite makes, and MLflow tracking of a run."""
+"""Runs side by side: `mllifecycle runs` and `compare` on the runs the suite makes; a run being written, one
+terminated, one unreadable; the README's optuna-dashboard command on a run's study."""
 import json
 import os
 import shutil
@@ -7,7 +8,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,43 +15,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from conftest import chromium, launch_chromium, mllifecycle
-from mllifecycle.core import Run, read_json
-
-FAST = ["-p", "n_trials", "0", "-p", "epochs", "2", "-p", "cv_folds", "0"]  # a quick run: no tuning, no CV
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-@pytest.fixture(scope="module")
-def runs_world(default_run, tmp_path_factory):
-    """A folder of runs: a copy of the default run; the same data with other parameters (tracked to a server that is
-    not there); another table (tracked to a SQLite store); a failed run."""
-    from mllifecycle.data import make_synthetic
-
-    work = tmp_path_factory.mktemp("runs_world")
-    root = work / "runs"
-    shutil.copytree(default_run.run_dir, root / default_run.run_dir.name)
-    same_data = mllifecycle("run", "--runs-root", "runs", "--run-dir", "runs/same-data", "--stages",
-                            "data,train,validate", *FAST, "-p", "candidates", '["mlp", "linear"]',
-                            "-p", "tracking_uri", closed_port_url(), cwd=work)
-    assert same_data.returncode == 0, same_data.stderr
-    table = make_synthetic(3000, n_numeric=5, n_categorical=3, seed=3).rename(columns={"target": "y"})
-    table.to_csv(work / "other.csv", index=False)
-    store = work / "mlflow" / "mlflow.db"
-    store.parent.mkdir()
-    other = mllifecycle("run", "--runs-root", "runs", "--run-dir", "runs/other-table", "--stages", "data,train,validate",
-                        *FAST, "-p", "data_path", "other.csv", "-p", "target", "y", "-p", "tracking_uri",
-                        f"sqlite:///{store}", cwd=work)
-    assert other.returncode == 0, other.stderr
-    failed = mllifecycle("run", "--runs-root", "runs", "--run-dir", "runs/failed", "-p", "target", "nope", cwd=work)
-    assert failed.returncode == 1
-    return SimpleNamespace(work=work, root=root, default=root / default_run.run_dir.name, same=root / "same-data",
-                           other=root / "other-table", failed=root / "failed", store=store, same_result=same_data,
-                           other_result=other)
+from mllifecycle.core import Run
 
 
 def runs_json(root, cwd):
@@ -60,6 +24,7 @@ def runs_json(root, cwd):
     return {row["id"]: row for row in json.loads(result.stdout)}
 
 
+@pytest.mark.slow
 def test_runs_lists_every_run_with_its_state_data_and_results(runs_world):
     rows = runs_json(runs_world.root, runs_world.work)
     assert set(rows) == {runs_world.default.name, "same-data", "other-table", "failed"}  # the registry is not a run
@@ -88,10 +53,11 @@ def test_runs_lists_every_run_with_its_state_data_and_results(runs_world):
     assert "data failed" in next(l for l in lines if l.startswith("failed "))
 
 
-def test_an_unreadable_run_is_one_line_and_a_missing_folder_one_error(runs_world, tmp_path):
+@pytest.mark.slow
+def test_an_unreadable_run_is_one_line_and_a_missing_folder_one_error(failed_run, tmp_path):
     root = tmp_path / "runs"
-    shutil.copytree(runs_world.failed, root / "fine")
-    shutil.copytree(runs_world.failed, root / "broken")
+    shutil.copytree(failed_run, root / "fine")
+    shutil.copytree(failed_run, root / "broken")
     (root / "broken" / "report" / "pipeline.json").write_text('{"stages": ')
     result = mllifecycle("runs", str(root), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -103,6 +69,7 @@ def test_an_unreadable_run_is_one_line_and_a_missing_folder_one_error(runs_world
     assert "no runs folder at" in missing.stderr
 
 
+@pytest.mark.slow
 def test_a_run_being_written_is_shown_running_and_a_terminated_one_interrupted(tmp_path):
     process = subprocess.Popen([shutil.which("mllifecycle"), "run", "--run-dir", "runs/live", "-p", "sample_rows",
                                 "3000"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -142,6 +109,7 @@ def direct_paired_bootstrap(target, a, b, n_bootstrap, seed, confidence=0.95):
     return np.quantile(differences, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
 
 
+@pytest.mark.slow
 def test_compare_on_the_same_test_rows_is_a_paired_bootstrap_of_the_stored_scores(runs_world):
     "Two runs on the same data: the difference is paired, and equals a direct bootstrap of their stored per-row scores."
     base = runs_world.same
@@ -166,6 +134,7 @@ def test_compare_on_the_same_test_rows_is_a_paired_bootstrap_of_the_stored_score
     assert set(comparison["candidates"]) >= {"mlp", "linear", "hgb"}
 
 
+@pytest.mark.slow
 def test_compare_across_tables_is_unpaired_and_says_so(runs_world):
     result = mllifecycle("compare", str(runs_world.default), str(runs_world.other), "--json", cwd=runs_world.work)
     assert result.returncode == 0, result.stderr
@@ -191,13 +160,14 @@ def test_compare_across_tables_is_unpaired_and_says_so(runs_world):
     (["missing-a", "missing-b"], "is not a run directory"),
     (["RUN", "RUN", "--confidence", "1.5"], "--confidence must be between 0 and 1"),
 ])
-def test_compare_refuses_bad_input_in_one_line(runs_world, args, message):
-    args = [str(runs_world.default) if a == "RUN" else str(runs_world.work / a) if not a.startswith("-") and
+def test_compare_refuses_bad_input_in_one_line(failed_run, tmp_path, args, message, mllifecycle_here):
+    args = [str(failed_run) if a == "RUN" else str(tmp_path / a) if not a.startswith("-") and
             not a[0].isdigit() else a for a in args]
-    result = mllifecycle("compare", *args, cwd=runs_world.work)
+    result = mllifecycle_here("compare", *args, cwd=tmp_path)
     assert result.returncode == 1 and message in result.stderr and result.stderr.strip().count("\n") == 0, result
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="no Chromium installed: `apt-get install -y chromium` (Debian) "
                                                 "or set CHROMIUM to a Chromium binary to run the browser test")
 def test_the_comparison_page_opens_offline_with_its_figures(runs_world):
@@ -224,52 +194,8 @@ def test_the_comparison_page_opens_offline_with_its_figures(runs_world):
     assert "95% paired" in cells and "95% unpaired" in cells
 
 
-def test_a_run_is_tracked_in_mlflow_with_a_nested_run_per_stage(runs_world):
-    mlflow = pytest.importorskip("mlflow", reason="MLflow is not installed (pip install -e '.[mlflow]')")
-    run = Run(runs_world.other)
-    logged = read_json(runs_world.other / "report" / "tracking.json")  # written after the stages: not checksummed
-    mlflow.set_tracking_uri(f"sqlite:///{runs_world.store}")
-    try:
-        found = mlflow.search_runs(experiment_names=["mllifecycle"], output_format="list")
-    finally:
-        mlflow.set_tracking_uri(None)
-    by_name = {r.info.run_name: r for r in found}
-    assert set(by_name) == {"other-table", "data", "train", "validate"}
-    parent = by_name["other-table"]
-    assert parent.info.run_id == logged["run_id"] and parent.info.status == "FINISHED"
-    assert parent.data.tags["mllifecycle.run_dir"] == str(runs_world.other.resolve())
-    assert parent.data.tags["mllifecycle.registry_version"] == str(run.read_json("validation/registry.json")["version"])
-    for stage in ("data", "train", "validate"):
-        assert by_name[stage].data.tags["mlflow.parentRunId"] == parent.info.run_id
-    metrics = run.read_json("validation/metrics.json")
-    logged_metrics = by_name["validate"].data.metrics
-    expected = {f"{model}.{split}.{k}": v for model, splits in metrics["models"].items() for split, values in splits.items()
-                for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
-    assert expected and {k: logged_metrics[k] for k in expected} == pytest.approx(expected, rel=1e-12)
-    reported = metrics["reported"]
-    assert logged_metrics[f"test.{reported['metric']}.ci_low"] == pytest.approx(reported["ci_low"], rel=1e-12)
-    assert by_name["validate"].data.params["candidates"] == json.dumps(
-        read_json(runs_world.other / "params.json")["validate"]["candidates"])
-    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{runs_world.store}")
-    history = run.read_json("models/mlp/history.json")
-    curve = client.get_metric_history(by_name["train"].info.run_id, "valid_loss")
-    assert [m.step for m in curve] == [h["epoch"] for h in history]
-    assert [m.value for m in curve] == pytest.approx([h["valid_loss"] for h in history], rel=1e-12)
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert "report/report.html" in artifacts
-    assert (runs_world.store.parent / "mlartifacts").is_dir()  # beside the database, not in the working folder
-    assert not (runs_world.work / "mlruns").exists()
-
-
-def test_an_unreachable_tracking_server_is_one_warning_and_the_run_finishes(runs_world):
-    result = runs_world.same_result
-    warnings = [l for l in result.stderr.splitlines() if "warning" in l]
-    assert len(warnings) == 1 and "cannot be reached" in warnings[0] and "the run was not tracked" in warnings[0]
-    assert read_json(runs_world.same / "report" / "pipeline.json")["state"] == "complete"
-    assert not (runs_world.same / "report" / "tracking.json").exists()
-
-
-def test_the_readmes_optuna_dashboard_command_opens_a_runs_study(default_run, tmp_path):
+@pytest.mark.slow
+def test_the_readmes_optuna_dashboard_command_opens_a_runs_study(small_run, tmp_path):
     "`optuna-dashboard RUN/tuning/journal.log` (the README's command) serves the run's study with all its trials."
     pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is not installed (pip install -e '.[dev]')")
     import httpx
@@ -277,7 +203,7 @@ def test_the_readmes_optuna_dashboard_command_opens_a_runs_study(default_run, tm
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    journal = default_run.run_dir / "tuning" / "journal.log"
+    journal = small_run.run_dir / "tuning" / "journal.log"
     process = subprocess.Popen([shutil.which("optuna-dashboard"), str(journal), "--host", "127.0.0.1", "--port",
                                 str(port), "--server", "wsgiref", "--quiet"], cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -291,9 +217,9 @@ def test_the_readmes_optuna_dashboard_command_opens_a_runs_study(default_run, tm
                 time.sleep(0.5)
         assert studies is not None, process.stderr.read() if process.poll() is not None else "no answer in 60 s"
         summary = studies["study_summaries"]
-        assert [s["study_name"] for s in summary] == [Run(default_run.run_dir).read_json("tuning/best.json")["study_name"]]
+        assert [s["study_name"] for s in summary] == [Run(small_run.run_dir).read_json("tuning/best.json")["study_name"]]
         study = httpx.get(f"http://127.0.0.1:{port}/api/studies/{summary[0]['study_id']}", timeout=10).json()
-        assert len(study["trials"]) == len(pd.read_csv(default_run.run_dir / "tuning" / "trials.csv"))
+        assert len(study["trials"]) == len(pd.read_csv(small_run.run_dir / "tuning" / "trials.csv"))
         assert httpx.get(f"http://127.0.0.1:{port}/dashboard", timeout=10).status_code == 200
     finally:
         os.killpg(process.pid, signal.SIGTERM)

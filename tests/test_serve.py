@@ -1,21 +1,27 @@
-"""The prediction server: the record path equals the frame path, bad requests get a 4xx naming the problem, and the
-server keeps its promises under concurrency, hot reload, shadow scoring and SIGTERM."""
+"""The prediction server: the record path equals the frame path; bad requests get a 4xx naming the problem and any
+record the schema allows is answered; the server keeps its promises under concurrency, hot reload, shadow scoring,
+slow clients, SIGTERM and SIGKILL; its API page works offline; a corrupt champion is refused before it serves."""
 import asyncio
+import datetime as dt
 import json
+import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from conftest import chromium, copy_registry, launch_chromium, mllifecycle, wait_for
 from mllifecycle.batch import input_columns, read_log
 from mllifecycle.registry import Registry
 from mllifecycle.serve import (
-    MAX_TEXT, RecordEncoder, RequestParser, ServeConfig, ServerProcess, create_app, record_type)
+    MAX_TEXT, RecordEncoder, RequestParser, ServeConfig, ServerProcess, create_app, example_record, record_type)
 
 TOKEN = "s3cret-token"
 
@@ -182,6 +188,7 @@ def server(served, tmp_path_factory):
         yield server, log_dir
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error(server):
     """Cases Hypothesis draws from the server's own OpenAPI document, for each of its operations: none gets a 5xx.
 
@@ -203,6 +210,7 @@ def test_schemathesis_finds_no_server_error(server):
         no_server_error()
 
 
+@pytest.mark.slow
 def test_schemathesis_with_every_check_finds_no_failure(server, tmp_path):
     """Schemathesis's own command with `--checks all` (status codes and content types as documented, schema-valid
     requests accepted, response schemas, server errors), on a bounded budget and a fixed seed."""
@@ -223,6 +231,7 @@ async def _post_all(url: str, bodies: list, timeout: float = 60) -> list[httpx.R
         return await asyncio.gather(*(client.post("/predict", json=b) for b in bodies))
 
 
+@pytest.mark.slow
 def test_200_concurrent_requests_each_get_their_own_answer(server, served):
     url = server[0].url
     rows = served["test"].head(200)
@@ -235,6 +244,7 @@ def test_200_concurrent_requests_each_get_their_own_answer(server, served):
     assert len({r.json()["request_id"] for r in responses}) == 200
 
 
+@pytest.mark.slow
 def test_hot_reload_under_load(served, tmp_path):
     "Promote and roll back while a client sends requests: no error, and each answer is its version's."
     root, (v_hgb, v_net, _) = served["root"], served["versions"]
@@ -256,12 +266,16 @@ def test_hot_reload_under_load(served, tmp_path):
         threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
             t.start()
+        def answered_by(version, since=0):
+            return any(body.get("model_version") == version for _, _, body in answers[since:])
+
         try:
-            time.sleep(0.5)
+            wait_for(lambda: len(answers) >= 20, what="answers before the promotion")
             registry.promote(v_net, reason="test: hot reload")
-            time.sleep(1.5)
+            wait_for(lambda: answered_by(v_net), what="an answer of the promoted version")
+            since = len(answers)  # from here on the promoted version answers, until the rollback is reloaded
             registry.rollback(reason="test: back")
-            time.sleep(1.5)
+            wait_for(lambda: answered_by(v_hgb, since), what="an answer of the version rolled back to")
         finally:
             stop.set()
             for t in threads:
@@ -275,6 +289,7 @@ def test_hot_reload_under_load(served, tmp_path):
     assert 'mllifecycle_reloads_total{outcome="loaded"} 2.0' in metrics
 
 
+@pytest.mark.slow
 def test_a_version_that_fails_verification_is_refused(served, tmp_path):
     "A corrupted version promoted behind the server's back: refused, the old one keeps serving, /metrics says so."
     import shutil
@@ -299,6 +314,7 @@ def test_a_version_that_fails_verification_is_refused(served, tmp_path):
     assert response.status_code == 200 and response.json()["model_version"] == v_hgb
 
 
+@pytest.mark.slow
 def test_shadow_challenger_is_logged_beside_the_champion(served, tmp_path):
     registry = Registry(served["root"])
     rows = served["test"].head(30)
@@ -316,6 +332,7 @@ def test_shadow_challenger_is_logged_beside_the_champion(served, tmp_path):
     np.testing.assert_allclose(log["probability_1"].to_numpy(), champion.probabilities[:, 1], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_load_completes_in_flight_requests_and_logs_them(served, tmp_path):
     rows = served["test"].head(50)
     bodies = as_json_records(rows, served["columns"])
@@ -337,7 +354,7 @@ def test_sigterm_mid_load_completes_in_flight_requests_and_logs_them(served, tmp
     threads = [threading.Thread(target=client) for _ in range(8)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    wait_for(lambda: len(results) >= 50, what="answers before SIGTERM")
     status = server.stop()  # SIGTERM while the clients are sending
     stop.set()
     for t in threads:
@@ -348,6 +365,7 @@ def test_sigterm_mid_load_completes_in_flight_requests_and_logs_them(served, tmp
     assert {body["request_id"] for _, body in results} <= logged
 
 
+@pytest.mark.slow
 def test_metrics_add_up_across_workers(served, tmp_path, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     (tmp_path / "metrics").mkdir()
@@ -359,3 +377,278 @@ def test_metrics_add_up_across_workers(served, tmp_path, monkeypatch):
     line = next(l for l in metrics.splitlines() if l.startswith('mllifecycle_requests_total{route="/predict"'))
     assert float(line.split()[-1]) == 60, line
     assert len(list((tmp_path / "metrics").glob("gauge_livesum_*.db"))) == 2  # both workers write their metrics
+
+
+# --- odd but valid input is answered, and the log keeps it ------------------------------------------------------
+
+EDGE_TIMES = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1969-12-31T23:59:59.999999-00:30"]
+
+
+@pytest.fixture(scope="module")
+def logging_client(served, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    log_dir = tmp_path_factory.mktemp("hardening-log")
+    config = ServeConfig(log_dir=str(log_dir), log_flush_s=0.2, reload_s=0)
+    with TestClient(create_app(config, served["root"], token=""), raise_server_exceptions=False) as client:
+        yield client, log_dir
+
+
+def logged(log_dir: Path, request_ids: list[str]) -> pd.DataFrame:
+    "The log rows of these requests, once the writer has put them on disk (bounded wait)."
+    deadline = time.monotonic() + 60
+    while True:
+        rows = read_log(log_dir) if any(log_dir.glob("*.parquet")) else pd.DataFrame(columns=["request_id"])
+        rows = rows[rows["request_id"].isin(request_ids)]
+        if rows["request_id"].nunique() == len(set(request_ids)) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+# --- a valid date-time near the range's ends ---------------------------------------------------------------------
+
+def test_offset_datetimes_at_the_ends_of_the_range_are_answered_and_logged(logging_client, served):
+    http, log_dir = logging_client
+    base = example_record(served["predictor"])
+    one = [http.post("/predict", json={**base, "timestamp": t}) for t in EDGE_TIMES]
+    assert [r.status_code for r in one] == [200] * len(EDGE_TIMES), [r.text for r in one]
+    listed = http.post("/predict", json=[{**base, "timestamp": t} for t in EDGE_TIMES])
+    assert listed.status_code == 200 and len(listed.json()["predictions"]) == len(EDGE_TIMES)
+    # the record path gives the frame path's answers (pandas reads these instants: year 0 and year 10000)
+    records, _ = RequestParser(record_type(served["predictor"])).parse(
+        json.dumps([{**base, "timestamp": t} for t in EDGE_TIMES]).encode())
+    lean = RecordEncoder(served["predictor"])(records)
+    framed = served["predictor"].features(pd.DataFrame([{**base, "timestamp": t} for t in EDGE_TIMES]))
+    np.testing.assert_array_equal(lean.numeric, framed.numeric)
+    rows = logged(log_dir, [r.json()["request_id"] for r in one])
+    assert len(rows) == len(EDGE_TIMES)  # the log's writer took them too
+
+
+# --- what the OpenAPI document allows, the server answers ------------------------------------------------------
+
+def test_a_huge_finite_number_is_answered_and_metrics_are_documented_as_text(logging_client, served):
+    http, _ = logging_client
+    base = example_record(served["predictor"])
+    for value in (-1.3e248, 1.7976931348623157e308, 5e-324):
+        response = http.post("/predict", json={**base, "num_0": value})
+        assert response.status_code == 200, response.text
+        assert np.isfinite(list(response.json()["probabilities"].values())).all()
+    document = http.get("/openapi.json").json()
+    assert set(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
+    assert http.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+def value_strategy(column) -> st.SearchStrategy:
+    "Every JSON value the saved schema allows for one input column (null where training saw it missing)."
+    if column.kind == "datetime":
+        offsets = st.none() | st.integers(-1439, 1439).map(lambda m: dt.timezone(dt.timedelta(minutes=m)))
+        value = st.builds(lambda t, zone: t.replace(tzinfo=zone).isoformat(), st.datetimes(), offsets)
+    elif column.kind == "categorical":
+        value = st.text(max_size=MAX_TEXT)
+    elif column.dtype == "bool":
+        value = st.booleans()
+    else:
+        value = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2 ** 63), 2 ** 63)
+    return (st.none() | value) if column.missing_frac > 0 else value
+
+
+@pytest.fixture(scope="module")
+def record_strategy(served, logging_client):
+    "Hypothesis records from the saved schema: every value the OpenAPI document allows, keys optional."
+    predictor = served["predictor"]
+    columns = {name: predictor.schema.columns[name] for name in served["columns"]}
+    keys = predictor.schema.names("id")
+    document = logging_client[0].get("/openapi.json").json()["components"]["schemas"]["Record"]
+    assert set(document["required"]) == set(columns) and set(document["properties"]) == set(columns) | set(keys)
+    key_values = st.none() | st.text(max_size=20) | st.integers(-(2 ** 63), 2 ** 63 - 1)
+    return st.fixed_dictionaries({n: value_strategy(c) for n, c in columns.items()},
+                                 optional={k: key_values for k in keys})
+
+
+def test_any_record_the_schema_allows_is_answered_and_anything_else_is_a_4xx(logging_client, record_strategy, served):
+    http, _ = logging_client
+    parser, records = RequestParser(record_type(served["predictor"])), record_strategy
+    fields, keys = served["columns"], served["predictor"].schema.names("id")
+
+    @given(record=records)
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+              database=None)
+    def valid_is_answered(record):
+        parsed, _ = parser.parse(json.dumps(record).encode())
+        features = RecordEncoder(served["predictor"])(parsed)
+        assert np.isfinite(features.numeric).all()
+        response = http.post("/predict", json=record)
+        assert response.status_code == 200, (record, response.text)
+
+    # not a record: a wrong type for a field, a field missing, an unknown field, a non-finite number, not JSON
+    wrong_value = st.one_of(st.text(max_size=5), st.booleans(), st.lists(st.integers(), max_size=2),
+                            st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+    damage = st.one_of(
+        st.tuples(st.just("type"), st.sampled_from([f for f in fields if f.startswith("num_")]), wrong_value),
+        st.tuples(st.just("missing"), st.sampled_from(fields), st.none()),
+        st.tuples(st.just("unknown"), st.text(min_size=1, max_size=8).filter(lambda n: n not in fields + keys),
+                  st.integers()),
+        st.tuples(st.just("raw"), st.just(""), st.sampled_from(["NaN", "Infinity", "-Infinity", "{", "[", "null"])))
+
+    @given(record=records, change=damage)
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+              database=None)
+    def invalid_is_a_4xx(record, change):
+        how, field, value = change
+        if how == "raw":  # JSON's non-standard numbers, or not a record at all
+            without = json.dumps({k: v for k, v in record.items() if k != "num_0"})
+            body = without[:-1] + f', "num_0": {value}}}' if value.endswith("Infinity") or value == "NaN" else value
+            response = http.post("/predict", content=body.encode(), headers={"content-type": "application/json"})
+        else:
+            record = dict(record)
+            if how == "missing":
+                record.pop(field, None)
+            else:
+                record[field] = value
+            response = http.post("/predict", json=record)
+        assert 400 <= response.status_code < 500, (how, field, value, response.status_code, response.text)
+        assert "error" in response.json()
+
+    valid_is_answered()
+    invalid_is_a_4xx()
+
+
+# --- slow clients: a read deadline and a keep-alive limit ---------------------------------------------------------
+
+@pytest.mark.slow
+def test_slow_clients_get_408_and_their_connections_close(served):
+    config = ServeConfig(log=False, reload_s=0, read_timeout_s=1.0, keep_alive_s=1.0)
+    with ServerProcess(served["root"], config) as server:
+        port, sockets = server.config.port, []
+        body = json.dumps(example_record(served["predictor"])).encode()
+        try:
+            for i in range(60):  # headers dribbled, a body cut short, nothing at all: a third each
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                if i % 3 == 0:
+                    s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+                elif i % 3 == 1:
+                    s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                              + f"content-length: {len(body)}\r\n\r\n".encode() + body[:10])
+                sockets.append(s)
+            dribbled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(6)]
+            request = (b"POST /predict HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                       + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+
+            def dribble(s, start):  # one byte every 0.2 s: never idle, never done (half in the headers, half the body)
+                try:
+                    s.sendall(request[:start])
+                    for i in range(start, len(request)):
+                        s.sendall(request[i:i + 1])
+                        time.sleep(0.2)
+                except OSError:  # the server closed it
+                    pass
+
+            starts = [0, 0, 0, request.index(b"\r\n\r\n") + 4, request.index(b"\r\n\r\n") + 4, 20]
+            threads = [threading.Thread(target=dribble, args=(s, start), daemon=True)
+                       for s, start in zip(dribbled, starts)]
+            for thread in threads:
+                thread.start()
+            assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200  # others are still served
+            answers = []
+            for s in sockets + dribbled:  # each closed by the server (recv would time out after 10 s otherwise)
+                received = b""
+                try:
+                    while chunk := s.recv(4096):
+                        received += chunk
+                except ConnectionResetError:  # a dribbler wrote after the 408: the reset may come first
+                    received += b"(reset)"
+                answers.append(received.split(b"\r\n", 1)[0])
+            assert set(answers[:len(sockets)]) == {b"HTTP/1.1 408 Request Timeout"}, set(answers)
+            assert set(answers[len(sockets):]) <= {b"HTTP/1.1 408 Request Timeout", b"(reset)"}, set(answers)
+            sockets += dribbled
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:  # a keep-alive connection, idle
+                idle.sendall(request)
+                received = b""
+                while chunk := idle.recv(4096):  # the answer, then nothing until the server closes it (or 10 s)
+                    received += chunk
+            assert received.startswith(b"HTTP/1.1 200 OK"), received[:200]
+            assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200  # a new connection is served
+        finally:
+            for s in sockets:
+                s.close()
+
+
+# --- X-Request-Id: the log's key stays unique -------------------------------------------------------------------
+
+def test_request_ids_are_the_servers_own_and_a_bad_header_is_a_400(logging_client, served):
+    http, log_dir = logging_client
+    record = example_record(served["predictor"])
+    same = [http.post("/predict", json=record, headers={"x-request-id": "order-17"}) for _ in range(2)]
+    assert [r.status_code for r in same] == [200, 200]
+    ids = [r.json()["request_id"] for r in same]
+    assert ids[0] != ids[1] and [r.headers["x-request-id"] for r in same] == ids
+    assert [r.headers["x-client-request-id"] for r in same] == ["order-17", "order-17"]
+    assert len(logged(log_dir, ids)) == 2  # two log keys, one row each
+    for bad in ("é-ü".encode(), b"x" * 65, b"two words"):
+        response = http.post("/predict", json=record, headers={"x-request-id": bad})
+        assert response.status_code == 400 and "X-Request-Id" in response.json()["error"]
+
+
+# --- /docs offline ----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(chromium() is None, reason="no Chromium installed: `apt-get install -y chromium`")
+def test_the_api_page_works_in_a_browser_with_no_request_leaving_the_machine(served):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    with ServerProcess(served["root"], ServeConfig(log=False, reload_s=0)) as server:
+        with playwright.sync_playwright() as p:
+            browser = launch_chromium(p)
+            page = browser.new_page()
+            outside, problems = [], []
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(server.url) else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(f"{server.url}/docs", wait_until="load")
+            assert "POST /predict" in page.content() and "num_0" in page.content()
+            page.click("#send")
+            page.wait_for_function("document.getElementById('answer').textContent.length > 0", timeout=30_000)
+            answer = page.inner_text("#answer")
+            browser.close()
+    assert not outside and not problems, (outside, problems)
+    assert answer.startswith("200 ") and '"model_version"' in answer, answer
+
+
+# --- serve: nothing announced before the model is checked; a warning for an open port -------------------------
+
+@pytest.mark.slow
+def test_serve_refuses_a_corrupt_champion_before_saying_it_serves(served, tmp_path):
+    registry = copy_registry(served["registry"], tmp_path)
+    model = next((registry.package("champion").path / "models").rglob("model.skops"))
+    model.chmod(0o644)
+    model.write_bytes(model.read_bytes()[:-100] + b"\0" * 100)
+    result = mllifecycle("serve", "--registry", str(registry.root), "--port", "0", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mllifecycle: error: ") and "checksum" in lines[0], lines
+    assert "serving" not in result.stderr
+
+
+# --- SIGKILL loses at most the last log_flush_s seconds of answers ------------------------------------------------
+
+@pytest.mark.slow
+def test_sigkill_loses_only_the_answers_of_the_last_flush_interval(served, tmp_path):
+    flush_s = 0.5
+    config = ServeConfig(log_dir=str(tmp_path / "log"), log_flush_s=flush_s, reload_s=0)
+    answered = []  # (request id, when its answer arrived)
+    with ServerProcess(served["root"], config) as server:
+        record = example_record(served["predictor"])
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            started = time.monotonic()
+            while time.monotonic() - started < 4.0:
+                response = http.post("/predict", json=record)
+                assert response.status_code == 200
+                answered.append((response.json()["request_id"], time.monotonic()))
+        server.process.kill()  # SIGKILL: no flush
+        killed = time.monotonic()
+        server.process.wait(30)
+    logged_ids = set(read_log(tmp_path / "log")["request_id"]) if any((tmp_path / "log").glob("*.parquet")) else set()
+    # every answer older than the bound (1.1 × flush, and a margin for a busy machine's writer thread) was on disk
+    margin = 2.0
+    old = [rid for rid, when in answered if killed - when > 1.1 * flush_s + margin]
+    assert old and set(old) <= logged_ids, (len(old), len(set(old) - logged_ids))
+
+

@@ -57,6 +57,7 @@ def reference_weights(prepared_run, tmp_path_factory):
     return load_file(str(path / "models/mlp/weights.safetensors"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_run_resumes_to_the_same_weights(run_dir, reference_weights, signum):
     checkpoint = run_dir / "models/mlp/checkpoint.pt"
@@ -89,6 +90,7 @@ def test_a_killed_run_resumes_to_the_same_weights(run_dir, reference_weights, si
         assert torch.equal(tensor, reference_weights[name]), name
 
 
+@pytest.mark.slow
 def test_torchrun_trains_with_two_cpu_processes(run_dir):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
                CLI, "train", "--run-dir", str(run_dir), "-p", "epochs", "3", "-p", "n_trials", "0",
@@ -104,6 +106,7 @@ def test_torchrun_trains_with_two_cpu_processes(run_dir):
     assert str(run_dir) in result.stdout
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(run_dir):
     journal = run_dir / "shared-study.log"
     workers = run_together([train_command(

@@ -1,13 +1,16 @@
-"""Bad input to the data stage: a bad parameter is a ParamError before any data is read; bad data is a DataError
-naming the problem; neither leaves a partial artifact."""
+"""The data stage: a bad parameter is a ParamError before any data is read; bad data is a DataError naming the
+problem, and neither leaves a partial artifact; a Parquet dataset in parts gives what the same rows in one file give;
+odd but valid tables go through the data stage from the command line."""
+import json
 import sqlite3
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import messy_table, mllifecycle
 from mllifecycle.core import ParamError, open_run
-from mllifecycle.data import DataParams, DataError, Schema, load_table, prepare_data
+from mllifecycle.data import DataParams, DataError, Schema, load_table, make_synthetic, prepare_data
 
 
 def prepare(run_dir, **config):
@@ -153,3 +156,97 @@ def test_load_table_rejects_directory_and_duplicate_columns(tmp_path):
     df = pd.DataFrame([[1, 2]], columns=["a", "a"])
     with pytest.raises(DataError, match="duplicate column names"):
         load_table(df)
+
+
+# --- a Parquet dataset in parts -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def table():
+    return messy_table(1500)
+
+
+def three_parts(frame, folder):
+    folder.mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(len(frame)), 3)):
+        frame.iloc[rows].to_parquet(folder / f"part-{i}.parquet", index=False)
+    return folder
+
+
+def prepare_parts(tmp_path, name, data_path, **params):
+    run = open_run(tmp_path / name)
+    return run, prepare_data(run, DataParams(data_path=str(data_path), target="target", id_columns=["order_id"],
+                                             **params))
+
+
+@pytest.mark.parametrize("sample_rows", [1000, None])
+def test_a_three_part_folder_gives_what_one_file_gives(table, tmp_path, sample_rows):
+    table.to_parquet(tmp_path / "one.parquet", index=False)
+    parts = three_parts(table, tmp_path / "parts")
+    one_run, one = prepare_parts(tmp_path, "one", tmp_path / "one.parquet", sample_rows=sample_rows)
+    parts_run, many = prepare_parts(tmp_path, "parts-run", parts, sample_rows=sample_rows)
+    assert one.schema.to_dict() == many.schema.to_dict()
+    different = {"source"}  # where the rows came from
+    assert {k: v for k, v in one.quality.items() if k not in different | {"read"}} == \
+        {k: v for k, v in many.quality.items() if k not in different | {"read"}}
+    for name in one.splits:
+        pd.testing.assert_frame_equal(one.splits[name], many.splits[name])
+    read = many.quality["read"]
+    assert (read["files"], read["rows_in_source"], read["rows_profiled"]) == (3, 1500, 1500)
+    assert read["rows_kept"] == (sample_rows or 1500)
+    assert read["columns"]["num_0"]["missing"] == int(table["num_0"].isna().sum())  # every row profiled
+    assert read["columns"] == one.quality["read"]["columns"]
+    assert parts_run.read_json("data/quality.json")["read"]["rows_profiled"] == 1500
+
+
+def test_a_glob_names_the_parts(table, tmp_path):
+    parts = three_parts(table, tmp_path / "parts")
+    _, prepared = prepare_parts(tmp_path, "run", parts / "part-*.parquet", sample_rows=None)
+    assert prepared.quality["read"]["files"] == 3 and sum(len(s) for s in prepared.splits.values()) <= 1500
+
+
+def test_a_mixed_or_corrupt_part_is_a_clear_error_and_writes_nothing(table, tmp_path):
+    parts = three_parts(table, tmp_path / "parts")
+    table.iloc[:10].drop(columns="num_1").to_parquet(parts / "part-3.parquet", index=False)
+    with pytest.raises(DataError, match="part-3.parquet has columns \\['num_1'\\].*mixed schemas"):
+        prepare_parts(tmp_path, "run", parts)
+    table.iloc[:10].astype({"num_1": str}).to_parquet(parts / "part-3.parquet", index=False)
+    with pytest.raises(DataError, match="mixed schemas"):
+        prepare_parts(tmp_path, "run", parts)
+    (parts / "part-3.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="cannot read .*part-3.parquet as parquet"):
+        prepare_parts(tmp_path, "run", parts)
+    assert not list((tmp_path / "run").rglob("*.parquet"))
+    with pytest.raises(ParamError, match="data file not found"):
+        DataParams(data_path=str(tmp_path / "nowhere-*.parquet"), target="target")
+
+
+# --- odd tables through `mllifecycle run --stages data` ----------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_users_table_with_odd_column_names_and_zoned_times_runs_its_data_stage(tmp_path):
+    "Column names with spaces and unicode, timezone-aware nanosecond timestamps: the data stage takes them."
+    frame = make_synthetic(1200, n_numeric=3, n_categorical=2, seed=8).rename(
+        columns={"num_0": "air temp °C", "num_1": "wind speed", "cat_0": "航空会社", "target": "delayed?"})
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"]).dt.tz_localize("America/New_York",
+                                                                             nonexistent="shift_forward",
+                                                                             ambiguous="NaT").astype(
+        "datetime64[ns, America/New_York]")
+    frame.to_parquet(tmp_path / "odd table.parquet")
+    result = mllifecycle("run", "-p", "data_path", "odd table.parquet", "-p", "target", "delayed?", "--stages", "data",
+                         "--run-dir", "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    schema = json.loads((tmp_path / "run" / "data" / "schema.json").read_text())
+    names = {c["name"] for c in schema["columns"]} if isinstance(schema["columns"], list) else set(schema["columns"])
+    assert {"air temp °C", "wind speed", "航空会社"} <= names
+
+
+@pytest.mark.slow
+def test_a_single_row_table_and_an_empty_one_are_one_line_from_run(tmp_path):
+    make_synthetic(1, n_numeric=2, n_categorical=1, seed=1).to_csv(tmp_path / "one.csv", index=False)
+    (tmp_path / "empty.csv").write_text("")
+    for name, fragment in (("one.csv", "row"), ("empty.csv", "empty")):
+        result = mllifecycle("run", "-p", "data_path", name, "-p", "target", "target", "--stages", "data", cwd=tmp_path)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith("mllifecycle: error: ") and fragment in line, result.stderr
