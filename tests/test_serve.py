@@ -370,13 +370,18 @@ def test_metrics_add_up_across_workers(served, tmp_path, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     (tmp_path / "metrics").mkdir()
     bodies = as_json_records(served["test"].head(60), served["columns"])
+    workers_written = lambda: len(list((tmp_path / "metrics").glob("gauge_livesum_*.db")))  # a file per worker
     with ServerProcess(served["root"], ServeConfig(workers=2, log=False, reload_s=0)) as server:
-        responses = asyncio.run(_post_all(server.url, bodies))
+        responses, deadline = [], time.monotonic() + 120
+        while True:  # rounds of 60 until both workers have scored a batch (on a busy machine one may take them all)
+            responses += asyncio.run(_post_all(server.url, bodies))
+            if workers_written() == 2 or time.monotonic() > deadline:
+                break
         metrics = httpx.get(f"{server.url}/metrics").text
     assert all(r.status_code == 200 for r in responses)
     line = next(l for l in metrics.splitlines() if l.startswith('mllifecycle_requests_total{route="/predict"'))
-    assert float(line.split()[-1]) == 60, line
-    assert len(list((tmp_path / "metrics").glob("gauge_livesum_*.db"))) == 2  # both workers write their metrics
+    assert float(line.split()[-1]) == len(responses), line  # every request counted once, whichever worker took it
+    assert workers_written() == 2  # both workers write their metrics
 
 
 # --- odd but valid input is answered, and the log keeps it ------------------------------------------------------

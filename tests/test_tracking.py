@@ -1,15 +1,27 @@
 """MLflow tracking of a finished run: a parent run with a nested run per stage, its metrics, parameters, curves and
-report in a SQLite store; an unreachable tracking server is one warning and the run finishes untracked."""
+report in a SQLite store; an unreachable tracking server is named, and a run tracked to one finishes untracked."""
 import json
 
 import numpy as np
 import pytest
 
+from conftest import closed_port_url
 from mllifecycle.core import Run, read_json
+from mllifecycle.tracking import TrackingError, check_reachable, tracking_uri
 
-pytestmark = pytest.mark.slow  # each test reads the runs of `runs_world`, whole `mllifecycle run`s
+
+def test_the_tracking_uri_comes_from_the_parameter_or_the_environment_and_a_dead_server_is_named(monkeypatch):
+    url = closed_port_url()
+    with pytest.raises(TrackingError, match=f"the MLflow tracking server at {url} cannot be reached"):
+        check_reachable(url, timeout_s=2)
+    check_reachable("sqlite:///nowhere.db")  # a database, not a server: nothing to ask
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", " sqlite:///env.db ")
+    assert tracking_uri(None) == "sqlite:///env.db" and tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking_uri(None) is None and tracking_uri("  ") is None
 
 
+@pytest.mark.slow  # reads the runs of `runs_world`, whole `mllifecycle run`s
 def test_a_run_is_tracked_in_mlflow_with_a_nested_run_per_stage(runs_world):
     mlflow = pytest.importorskip("mlflow", reason="MLflow is not installed (pip install -e '.[mlflow]')")
     run = Run(runs_world.other)
@@ -47,6 +59,7 @@ def test_a_run_is_tracked_in_mlflow_with_a_nested_run_per_stage(runs_world):
     assert not (runs_world.work / "mlruns").exists()
 
 
+@pytest.mark.slow
 def test_an_unreachable_tracking_server_is_one_warning_and_the_run_finishes(runs_world):
     result = runs_world.same_result
     warnings = [l for l in result.stderr.splitlines() if "warning" in l]
