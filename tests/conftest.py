@@ -1,4 +1,5 @@
-"Shared fixtures: small real and synthetic datasets written to a temporary folder, and the default run."
+"""Shared fixtures: small real and synthetic datasets written to a temporary folder; the default run, the small
+profile (tests/small.yaml) and its run; a validated run; a folder of runs; a Dask cluster; the command runners."""
 import functools
 import os
 import re
@@ -295,6 +296,9 @@ def small_run(tmp_path_factory):
     return SimpleNamespace(cwd=cwd, run_dir=Path(result.stdout.strip().splitlines()[-1]), result=result)
 
 
+QUICK_VALIDATION = dict(candidate_epochs=4, cv_folds=2, n_bootstrap=200, device="cpu")  # validate_stage in tests
+
+
 @pytest.fixture(scope="session")
 def validated(tmp_path_factory):
     "A 6,000-flight run, trained and validated once; its registry lives beside it (the registry tests copy it)."
@@ -310,9 +314,6 @@ def validated(tmp_path_factory):
     stage = validate_stage(ValidateParams(run_dir=str(run.path), registry_dir=str(root / "registry"),
                                           **QUICK_VALIDATION))
     return root, stage
-
-
-QUICK_VALIDATION = dict(candidate_epochs=4, cv_folds=2, n_bootstrap=200, device="cpu")  # validate_stage in tests
 
 
 def closed_port_url() -> str:
