@@ -1163,7 +1163,9 @@ def cluster_drift(client: Any,  # a `distributed.Client`
 
     numeric = sum(profile.kind(c) == "numeric" for c in columns)
     sketched = frozenset(w["window"] for w in windows if len(w["rows"]) * numeric > exact_values)
-    reference = client.scatter(profile, broadcast=True)  # the sorted reference values travel once per worker
+    # The sorted reference values travel once per worker, under a fresh key: with hash=True a second call would
+    # reuse the key the first call's future is releasing, and lose it (dask/distributed#8576).
+    reference = client.scatter(profile, broadcast=True, hash=False)
     futures = client.map(log_part_drift, [str(f) for f in files], profile=reference, columns=columns,
                          edges=window_edges(windows), version=version, sketched=sketched, sketch_k=sketch_k,
                          pure=False)
@@ -1178,6 +1180,7 @@ def cluster_drift(client: Any,  # a `distributed.Client`
         for future in futures:
             if not future.done():
                 future.cancel()
+        reference.release()
     return {window: decide(pd.DataFrame([summary_row(profile, c, s, thresholds) for c, s in summaries.items()]),
                            profile.rows, thresholds) for window, summaries in merged.items()}
 

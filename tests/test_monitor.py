@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import copy_registry, mllifecycle
+from conftest import copy_registry, mllifecycle, wait_for
 from mllifecycle.batch import predict_file, read_log
 from mllifecycle.cli import main
 from mllifecycle.core import open_run
@@ -297,6 +297,30 @@ def test_dask_drift_equals_the_local_drift_exactly(drift_world, log_parts, dask_
     pd.testing.assert_frame_equal(on_dask.windows, local.windows)
     assert [a["signal"] for a in on_dask.alerts] == [a["signal"] for a in local.alerts]
     assert run.exists("monitoring/drift.json")
+
+
+def test_back_to_back_cluster_drift_calls_on_one_cluster_all_finish_with_the_same_tables(log_parts, dask_cluster):
+    """Each call scatters the profile under a fresh key and releases it. With a content-hashed key, a call could reuse
+    the key the last call was releasing, and its tasks were cancelled for "lost dependencies" (a CI run's docs build)."""
+    from mllifecycle.batch import log_files, log_inputs
+    from mllifecycle.drift import DriftThresholds, reference_profile
+    from mllifecycle.monitor import cluster_drift
+
+    log = read_log(log_parts)
+    inputs = log_inputs(log)
+    profile = reference_profile(inputs)
+    windows = log_windows(log["timestamp"], "2D")
+    tables = [cluster_drift(dask_cluster, log_files(log_parts), profile, list(profile.columns), windows, None,
+                            DriftThresholds()) for _ in range(6)]
+    assert len(tables[0]) == len(windows) >= 3
+    for later in tables[1:]:
+        for window, table in tables[0].items():
+            pd.testing.assert_frame_equal(later[window], table)
+
+    def left_on_the_cluster(dask_scheduler):  # the profile and part tasks that no call holds any more
+        return [k for k in dask_scheduler.tasks if str(k).startswith(("ReferenceProfile-", "log_part_drift-"))]
+
+    wait_for(lambda: not dask_cluster.run_on_scheduler(left_on_the_cluster), 30, "the calls' data leaving the cluster")
 
 
 @pytest.mark.slow
