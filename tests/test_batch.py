@@ -95,24 +95,22 @@ def test_a_csv_with_a_bad_row_names_the_rows_and_leaves_no_output(scoring, tmp_p
 
 
 @pytest.mark.slow
-def test_predict_command(scoring, tmp_path):
+def test_predict_command(scoring, tmp_path, mllifecycle_here):
+    "The console script scores a file; its bad input, each one readable line (those in this process: no imports to wait on)."
     registry, frame = scoring
     frame.head(100).to_parquet(tmp_path / "in.parquet")
-
-    def mllifecycle(*args):
-        return run_command([sys.executable, "-c", "import sys; from mllifecycle.cli import main; sys.exit(main())",
-                            *args], cwd=tmp_path)
-
-    ok = mllifecycle("predict", "--registry", str(registry.root), "--input", "in.parquet", "--output", "out.parquet",
-                     "--no-progress")
+    ok = run_command([sys.executable, "-c", "import sys; from mllifecycle.cli import main; sys.exit(main())", "predict",
+                      "--registry", str(registry.root), "--input", "in.parquet", "--output", "out.parquet",
+                      "--no-progress"], cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "100 rows" in ok.stdout and len(pq.read_table(tmp_path / "out.parquet")) == 100
     for args, fragment in ((["--input", "nowhere.parquet"], "does not exist"),
                            (["--input", "in.parquet", "--part", "5/4"], "between 1 and N"),
                            (["--input", "in.parquet", "--alias", "nobody"], "no version has alias 'nobody'")):
-        bad = mllifecycle("predict", "--registry", str(registry.root), "--output", "x.parquet", *args)
+        bad = mllifecycle_here("predict", "--registry", str(registry.root), "--output", "x.parquet", *args, cwd=tmp_path)
         assert bad.returncode == 1 and fragment in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-    missing = mllifecycle("serve", "--registry", str(tmp_path / "no-registry"))
+    assert not (tmp_path / "x.parquet").exists()
+    missing = mllifecycle_here("serve", "--registry", str(tmp_path / "no-registry"), cwd=tmp_path)
     assert missing.returncode == 1 and "no model registry" in missing.stderr
 
 
@@ -145,13 +143,13 @@ def test_predict_takes_nanosecond_and_zoned_time_columns(served_registry, scorin
 
 
 @pytest.mark.slow
-def test_predict_refuses_a_time_column_it_cannot_read(served_registry, scoring_input, tmp_path):
+def test_predict_refuses_a_time_column_it_cannot_read(served_registry, scoring_input, tmp_path, mllifecycle_here):
     frame = scoring_input["frame"].assign(when=np.arange(len(scoring_input["frame"])))
     frame.to_parquet(tmp_path / "in.parquet")
     base = ["predict", "--registry", str(served_registry["root"]), "--input", "in.parquet", "--output", "out.parquet",
             "--no-progress"]
     for column, fragment in (("when", "column 'when' holds numbers"), ("nope", "no column 'nope'")):
-        result = mllifecycle(*base, "--time-column", column, cwd=tmp_path)
+        result = mllifecycle_here(*base, "--time-column", column, cwd=tmp_path)
         assert result.returncode == 1 and fragment in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]  # no output, no temporary
