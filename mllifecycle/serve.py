@@ -42,13 +42,14 @@ from .registry import SCHEMA, Predictions, Predictor, RegistryReader, other_data
 
 # %% auto #0
 __all__ = ['MAX_TEXT', 'TOKEN_ENV', 'LATENCY_BUCKETS', 'REQUESTS', 'REQUEST_SECONDS', 'BATCH_RECORDS', 'MODEL_VERSION', 'ERRORS',
-           'ROUTES', 'CLIENT_REQUEST_ID', 'SETTINGS_ENV', 'LOOPBACK', 'ServeError', 'record_type', 'RequestParser',
-           'validation_errors', 'record_numeric_block', 'record_category_codes', 'RecordEncoder', 'ServeConfig',
-           'ServeMetrics', 'server_figures', 'fetch_metrics', 'example_record', 'ServedModel', 'load_served',
-           'Overloaded', 'answer_body', 'take_batch', 'Batcher', 'batch_answers', 'Scorer', 'limit_threads',
-           'ClientGone', 'BodyTooLarge', 'ServerState', 'load_checked', 'reload_alias', 'watch_alias', 'answer_predict',
-           'predict_route', 'add_info_routes', 'api_page', 'create_app', 'app_from_env', 'serving_lines',
-           'ReadTimeoutProtocol', 'serve', 'free_port', 'serve_arguments', 'ServerProcess']
+           'ROUTES', 'CLIENT_REQUEST_ID', 'SETTINGS_ENV', 'LOOPBACK', 'WORKER_HEALTHCHECK_S', 'ServeError',
+           'record_type', 'RequestParser', 'validation_errors', 'record_numeric_block', 'record_category_codes',
+           'RecordEncoder', 'ServeConfig', 'ServeMetrics', 'server_figures', 'fetch_metrics', 'example_record',
+           'ServedModel', 'load_served', 'Overloaded', 'answer_body', 'take_batch', 'Batcher', 'batch_answers',
+           'Scorer', 'limit_threads', 'ClientGone', 'BodyTooLarge', 'ServerState', 'load_checked', 'reload_alias',
+           'watch_alias', 'answer_predict', 'predict_route', 'add_info_routes', 'api_page', 'create_app',
+           'app_from_env', 'serving_lines', 'ReadTimeoutProtocol', 'serve', 'free_port', 'serve_arguments',
+           'ServerProcess']
 
 # %% ../nbs/04_serve.ipynb #9796a091
 class ServeError(MLLifecycleError):
@@ -1095,6 +1096,9 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
         self.transport.close()
 
 # %% ../nbs/04_serve.ipynb #6da000c0
+WORKER_HEALTHCHECK_S = 60  # seconds a worker process may take to answer uvicorn's health check, start-up included
+
+
 def serve(config: ServeConfig,  # the server's settings
           registry_dir: str | Path,  # the registry to serve from
          ):
@@ -1122,7 +1126,11 @@ def serve(config: ServeConfig,  # the server's settings
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mllifecycle-metrics-")
     os.environ[SETTINGS_ENV] = json.dumps({"config": asdict(config), "registry_dir": str(registry.root)})
-    uvicorn.run("mllifecycle.serve:app_from_env", factory=True, workers=config.workers, **options)
+    # uvicorn kills a worker that does not answer its health check within timeout_worker_healthcheck (5 s by
+    # default), and a worker cannot answer before its interpreter has started: on a busy machine every new worker
+    # was killed about 5.5 s after it was spawned, forever. WORKER_HEALTHCHECK_S still replaces a hung worker.
+    uvicorn.run("mllifecycle.serve:app_from_env", factory=True, workers=config.workers,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **options)
 
 # %% ../nbs/04_serve.ipynb #6350cb42
 def free_port() -> int:

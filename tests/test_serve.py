@@ -366,6 +366,36 @@ def test_sigterm_mid_load_completes_in_flight_requests_and_logs_them(served, tmp
 
 
 @pytest.mark.slow
+def test_workers_slower_to_start_than_uvicorns_health_check_are_kept(served, tmp_path, monkeypatch):
+    """On a busy machine a worker's interpreter took longer to start than uvicorn's 5 s health check, and uvicorn
+    killed each new worker about 5.5 s after spawning it, forever (seen under two CPU burners). A sitecustomize that
+    sleeps 7 s makes every Python process of the server that slow to start: both workers come up, once each."""
+    import os
+
+    import psutil
+
+    slow = tmp_path / "slow-start"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(7)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    (tmp_path / "metrics").mkdir()
+    seen = set()
+
+    def workers(server):
+        return {c.pid for c in psutil.Process(server.process.pid).children() if "spawn_main" in " ".join(c.cmdline())}
+
+    with ServerProcess(served["root"], ServeConfig(workers=2, log=False, reload_s=0), timeout=150) as server:
+        deadline = time.monotonic() + 12  # two health-check periods: a killed worker's replacement shows up
+        while time.monotonic() < deadline:
+            seen |= workers(server)
+            time.sleep(0.25)
+        answered = httpx.post(f"{server.url}/predict", json=as_json_records(served["test"].head(1), served["columns"])[0])
+    assert answered.status_code == 200, answered.text
+    assert len(seen) == 2, f"worker processes seen: {sorted(seen)}"
+
+
+@pytest.mark.slow
 def test_metrics_add_up_across_workers(served, tmp_path, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     (tmp_path / "metrics").mkdir()
