@@ -96,18 +96,18 @@ def test_a_csv_with_a_bad_row_names_the_rows_and_leaves_no_output(scoring, tmp_p
 
 @pytest.mark.slow
 def test_predict_command(scoring, tmp_path, mllifecycle_here):
-    "The console script scores a file; its bad input, each one readable line (those in this process: no imports to wait on)."
+    "The console script scores a file; bad input is one readable line each (run in-process: no imports to wait on)."
     registry, frame = scoring
     frame.head(100).to_parquet(tmp_path / "in.parquet")
-    ok = run_command([sys.executable, "-c", "import sys; from mllifecycle.cli import main; sys.exit(main())", "predict",
-                      "--registry", str(registry.root), "--input", "in.parquet", "--output", "out.parquet",
-                      "--no-progress"], cwd=tmp_path)
+    ok = mllifecycle("predict", "--registry", str(registry.root), "--input", "in.parquet", "--output", "out.parquet",
+                     "--no-progress", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "100 rows" in ok.stdout and len(pq.read_table(tmp_path / "out.parquet")) == 100
     for args, fragment in ((["--input", "nowhere.parquet"], "does not exist"),
                            (["--input", "in.parquet", "--part", "5/4"], "between 1 and N"),
                            (["--input", "in.parquet", "--alias", "nobody"], "no version has alias 'nobody'")):
-        bad = mllifecycle_here("predict", "--registry", str(registry.root), "--output", "x.parquet", *args, cwd=tmp_path)
+        bad = mllifecycle_here("predict", "--registry", str(registry.root), "--output", "x.parquet", *args,
+                               cwd=tmp_path)
         assert bad.returncode == 1 and fragment in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert not (tmp_path / "x.parquet").exists()
     missing = mllifecycle_here("serve", "--registry", str(tmp_path / "no-registry"), cwd=tmp_path)

@@ -390,7 +390,8 @@ def test_workers_slower_to_start_than_uvicorns_health_check_are_kept(served, tmp
         while time.monotonic() < deadline:
             seen |= workers(server)
             time.sleep(0.25)
-        answered = httpx.post(f"{server.url}/predict", json=as_json_records(served["test"].head(1), served["columns"])[0])
+        record = as_json_records(served["test"].head(1), served["columns"])[0]
+        answered = httpx.post(f"{server.url}/predict", json=record)
     assert answered.status_code == 200, answered.text
     assert len(seen) == 2, f"worker processes seen: {sorted(seen)}"
 
