@@ -260,10 +260,11 @@ def serve_and_check(run: Run, registry: RegistryReader, deployed: DeployedVersio
         traffic = send_requests(server.url, plan, params.concurrency, headers)
         checked = check_answers(predictor, test, plan, traffic.results)
         refused = {}
-        for name, (body, kind) in bad_requests(json_record(plan)).items():
-            response = httpx.post(f"{server.url}/predict", content=body, headers={"content-type": kind, **headers})
-            refused[name] = {"status": response.status_code, "error": response.json().get("error")}
-        metrics_text = httpx.get(f"{server.url}/metrics", headers=headers).text
+        with httpx.Client(headers=headers) as client:  # one client: each `httpx.post` would build an SSL context
+            for name, (body, kind) in bad_requests(json_record(plan)).items():
+                response = client.post(f"{server.url}/predict", content=body, headers={"content-type": kind})
+                refused[name] = {"status": response.status_code, "error": response.json().get("error")}
+            metrics_text = client.get(f"{server.url}/metrics").text
         status = server.stop()
     print(f"server stopped (exit status {status}); checked {checked} answers against Predictor.predict")
     logged = len(read_log(log_dir)) if any(log_dir.glob("*.parquet")) else 0
