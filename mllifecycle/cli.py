@@ -21,11 +21,11 @@ from .pipeline import (
     RunParams, default_registry, find_stages, load_params_file, parse_value, run_pipeline, stage_params_class)
 
 # %% auto #0
-__all__ = ['COMMANDS', 'GROUPS', 'DEBUG_ENV', 'Command', 'command', 'given_params', 'run_command', 'report_command',
-           'runs_command', 'compare_command', 'params_command', 'train_command', 'open_registry',
+__all__ = ['COMMANDS', 'GROUPS', 'DEBUG_ENV', 'IRI_CHECKER', 'Command', 'command', 'given_params', 'run_command',
+           'report_command', 'runs_command', 'compare_command', 'params_command', 'train_command', 'open_registry',
            'registry_list_command', 'registry_promote_command', 'registry_rollback_command', 'dataclass_options',
            'given_config', 'serve_command', 'engine_options', 'predict_command', 'monitor_command', 'build_parser',
-           'Terminated', 'main']
+           'Terminated', 'without_iri_checker', 'main']
 
 # %% ../nbs/08_cli.ipynb #bbda218e
 @dataclass
@@ -486,6 +486,16 @@ class Terminated(BaseException):
 def _terminate(signum, frame):
     raise Terminated()
 
+# %% ../nbs/08_cli.ipynb #052f1b8b
+IRI_CHECKER = "rfc3987_syntax"  # jsonschema's optional non-GPL checker of the `iri` formats
+
+
+def without_iri_checker() -> bool:
+    "Keep jsonschema's IRI checker out of this process (before jsonschema is imported); whether it is kept out."
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault(IRI_CHECKER, None)  # importing it now raises ImportError, as jsonschema allows
+    return sys.modules.get(IRI_CHECKER, None) is None
+
 # %% ../nbs/08_cli.ipynb #a25d33a8
 def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of the `mllifecycle` command."
@@ -493,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import threading
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    without_iri_checker()  # before papermill or nbconvert imports jsonschema
     args = build_parser(argv=argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "log_output", False) else logging.WARNING,
                         format="%(message)s")

@@ -15,6 +15,12 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# As the `mllifecycle` command does for its own process: without jsonschema's IRI checker, whose import builds parsers
+# for seconds in each pytest process that imports papermill or nbconvert (see `mllifecycle.cli.without_iri_checker`).
+from mllifecycle.cli import without_iri_checker  # noqa: E402
+
+without_iri_checker()
+
 LIFECYCLE = ("core", "data", "train", "registry", "validate", "batch", "serve", "deploy", "drift", "retrain", "monitor",
              "report", "tracking", "pipeline", "runs", "cli")  # the modules (and chapters) in lifecycle order: each imports only earlier ones
 

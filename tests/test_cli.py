@@ -252,3 +252,20 @@ def test_unusual_valid_inputs_are_scored(served_registry, cli_world, tmp_path, c
         assert len(read_log("out.parquet")) == len(pd.read_parquet(source))
 
 
+
+
+def test_the_command_reads_notebooks_without_building_jsonschemas_iri_parsers(tmp_path):
+    """`main` keeps jsonschema's optional IRI checker (seconds of parser building at import) out of the command's own
+    process, where nbformat still validates notebooks; importing the library leaves a user's process as it was."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    assert importlib.metadata.version("rfc3987-syntax")  # installed with our dependencies (jupyterlab's)
+    through_main = ("from mllifecycle.cli import main; main(['report', 'nowhere']); import nbformat; "
+                    "nbformat.validate(nbformat.v4.new_notebook())")
+    library_only = "import mllifecycle.cli, mllifecycle.pipeline, mllifecycle.report"
+    probe = "import sys; {}; print(repr(sys.modules.get('rfc3987_syntax', 'absent')))"
+    seen = [subprocess.run([sys.executable, "-c", probe.format(code)], capture_output=True, text=True, check=True,
+                           cwd=tmp_path).stdout.splitlines()[-1] for code in (through_main, library_only)]
+    assert seen == ["None", "'absent'"]  # None: marked absent, so jsonschema skips it
