@@ -252,8 +252,6 @@ def test_unusual_valid_inputs_are_scored(served_registry, cli_world, tmp_path, c
         assert len(read_log("out.parquet")) == len(pd.read_parquet(source))
 
 
-
-
 def test_the_command_reads_notebooks_without_building_jsonschemas_iri_parsers(tmp_path):
     """`main` keeps jsonschema's optional IRI checker (seconds of parser building at import) out of the command's own
     process, where nbformat still validates notebooks; importing the library leaves a user's process as it was."""
